@@ -1,0 +1,59 @@
+"""Gradient centralization for Flax's parameter layout."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def _centralize_leaf(g: jax.Array) -> jax.Array:
+  if g.ndim < 2:
+    return g
+  axes = tuple(range(g.ndim - 1))
+  x = g.astype(jnp.float32)
+  return (x - jnp.mean(x, axis=axes, keepdims=True)).astype(g.dtype)
+
+
+def centralize() -> optax.GradientTransformation:
+  r"""Subtracts from each kernel gradient its mean over all axes but the last.
+
+  .. math::
+
+    \hat g_{\ldots, j} = g_{\ldots, j} - \frac{1}{N} \sum_{\ldots} g_{\ldots, j}
+
+  Gradient centralization (Yong et al. 2020) for Flax's layout: Dense kernels are
+  ``(in, out)`` and Conv kernels ``(kh, kw, in, out)``, so the output feature is the
+  *last* axis and each output unit's weight vector is centred. Leaves with fewer than
+  two dimensions (biases, BatchNorm parameters) are returned unchanged.
+
+  ``optax.centralize`` keeps axis 0 instead, the output axis of PyTorch's
+  ``(out, in, kh, kw)`` layout; on Flax kernels it centres across output units, a
+  different operation.
+
+  Args:
+    (none)
+
+  Returns:
+    A stateless :class:`optax.GradientTransformation`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import znorm_optax as zo
+    >>> kernel_grad = jnp.array([[1.0, 2.0], [3.0, 6.0]])  # (in=2, out=2)
+    >>> tx = zo.centralize()
+    >>> updates, _ = tx.update(kernel_grad, tx.init(kernel_grad))
+    >>> print(updates)
+    [[-1. -2.]
+     [ 1.  2.]]
+
+  References:
+    Yong et al., `Gradient Centralization: A New Optimization Technique for Deep
+    Neural Networks <https://arxiv.org/abs/2004.01461>`_, 2020.
+  """
+
+  def update_fn(updates, state, params=None):
+    del params
+    return jax.tree.map(_centralize_leaf, updates), state
+
+  return optax.GradientTransformation(optax.init_empty_state, update_fn)

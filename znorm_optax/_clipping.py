@@ -1,0 +1,106 @@
+"""Clipping: optax's global-norm and value clipping, plus per-leaf (layer) norm clipping."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from znorm_optax import _numerics
+
+
+def _clip_leaf_norm(g: jax.Array, max_norm) -> jax.Array:
+  # A zero norm gives min(1, inf) = 1 and an infinite one (beyond float32) gives 0:
+  # never NaN, and the factor is at most 1, so the product cannot overflow.
+  factor = jnp.minimum(1.0, max_norm / _numerics.l2_norm(g))
+  return (g.astype(jnp.float32) * factor).astype(g.dtype)
+
+
+def clip_by_layer_norm(max_norm: float) -> optax.GradientTransformation:
+  r"""Rescales each leaf whose L2 norm exceeds ``max_norm`` down to ``max_norm``.
+
+  .. math::
+
+    \hat g = g \cdot \min\left(1, \frac{c}{\lVert g \rVert_2}\right)
+
+  applied to every leaf separately: the direction of each tensor is kept and leaves
+  below the bound are untouched. This is Keras's ``clipnorm`` (per variable), unlike
+  :func:`optax.clip_by_global_norm`, which rescales all leaves by one shared factor, and
+  :func:`optax.clip_by_block_rms`, which bounds the root-mean-square, not the norm.
+  The norm is computed in float32 on power-of-two-rescaled values, so it neither
+  overflows nor underflows for finite leaves.
+
+  Args:
+    max_norm: The positive bound on each leaf's L2 norm.
+
+  Returns:
+    A stateless :class:`optax.GradientTransformation`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import znorm_optax as zo
+    >>> tx = zo.clip_by_layer_norm(1.0)
+    >>> grads = {'w': jnp.array([3.0, 4.0]), 'b': jnp.array([0.3, 0.4])}
+    >>> updates, _ = tx.update(grads, tx.init(grads))
+    >>> print(updates['w'], updates['b'])
+    [0.6 0.8] [0.3 0.4]
+
+  References:
+    Pascanu et al., `On the difficulty of training Recurrent Neural Networks
+    <https://arxiv.org/abs/1211.5063>`_, 2012.
+  """
+  _numerics.check_hyperparameter("max_norm", max_norm, strict=True)
+
+  def update_fn(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda g: _clip_leaf_norm(g, max_norm), updates), state
+
+  return optax.GradientTransformation(optax.init_empty_state, update_fn)
+
+
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+  """:func:`optax.clip_by_global_norm`, with ``max_norm`` validated.
+
+  Rescales all leaves by one factor so that their global L2 norm is at most
+  ``max_norm``. The clipping is optax's own; only the hyperparameter check is added.
+  optax squares in the gradient's dtype, so float32 leaves beyond about 1e19 make the
+  norm overflow and the update zero (finite, but not the clipped direction).
+
+  Args:
+    max_norm: The positive bound on the global norm.
+
+  Returns:
+    A stateless :class:`optax.GradientTransformation`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import znorm_optax as zo
+    >>> tx = zo.clip_by_global_norm(1.0)
+    >>> grads = {'w': jnp.array([3.0, 4.0]), 'b': jnp.array([0.0])}
+    >>> updates, _ = tx.update(grads, tx.init(grads))
+    >>> print(updates['w'], updates['b'])
+    [0.6 0.8] [0.]
+  """
+  _numerics.check_hyperparameter("max_norm", max_norm, strict=True)
+  return optax.clip_by_global_norm(max_norm)
+
+
+def clip(max_delta: float) -> optax.GradientTransformation:
+  """:func:`optax.clip`, with ``max_delta`` validated: clips each element to ``±max_delta``.
+
+  Args:
+    max_delta: The positive bound on each element's magnitude.
+
+  Returns:
+    A stateless :class:`optax.GradientTransformation`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import znorm_optax as zo
+    >>> tx = zo.clip(1.0)
+    >>> updates, _ = tx.update(jnp.array([-3.0, 0.5, 2.0]), tx.init(jnp.zeros(3)))
+    >>> print(updates)
+    [-1.   0.5  1. ]
+  """
+  _numerics.check_hyperparameter("max_delta", max_delta, strict=True)
+  return optax.clip(max_delta)
