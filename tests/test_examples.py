@@ -1,0 +1,215 @@
+"""Tests for the example scripts: examples/gradient_field.py and examples/plot_runs.py."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _load(name):
+  """Import ``examples/<name>.py`` (the examples folder is not a package)."""
+  if name in sys.modules:
+    return sys.modules[name]
+  spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[name] = module
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.fixture(scope="module")
+def gf():
+  return _load("gradient_field")
+
+
+@pytest.fixture(scope="module")
+def pr():
+  return _load("plot_runs")
+
+
+def _assert_png(path, min_side=200):
+  import matplotlib.image as mpimg
+
+  assert path.is_file(), path
+  assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  image = mpimg.imread(path)
+  assert image.ndim == 3 and image.shape[2] in (3, 4)
+  assert min(image.shape[:2]) >= min_side
+  assert image[..., :3].std() > 0.01  # Not a blank canvas.
+
+
+# --------------------------------------------------------------------------- gradient_field
+
+
+def test_gradient_field_main_writes_both_figures(gf, tmp_path, capsys):
+  outdir = tmp_path / "new" / "dir"
+  written = gf.main(["--outdir", str(outdir), "--grid", "4", "--seed", "3"])
+  assert written == [outdir / gf.MAGNITUDES_PNG, outdir / gf.DIRECTIONS_PNG]
+  for path in written:
+    _assert_png(path)
+  out = capsys.readouterr().out
+  assert str(outdir / gf.MAGNITUDES_PNG) in out and str(outdir / gf.DIRECTIONS_PNG) in out
+  assert out.count("|g| mean") == 4
+
+
+def test_gradient_field_rejects_degenerate_grid(gf, tmp_path):
+  with pytest.raises(SystemExit):
+    gf.main(["--outdir", str(tmp_path), "--grid", "1"])
+
+
+def test_grid_covers_the_cube(gf):
+  points = np.asarray(gf.make_grid(5))
+  assert points.shape == (125, 3)
+  assert len(np.unique(points, axis=0)) == 125
+  np.testing.assert_allclose(points.min(0), -gf.EXTENT)
+  np.testing.assert_allclose(points.max(0), gf.EXTENT)
+
+
+def test_gradient_field_matches_finite_differences(gf):
+  points = gf.make_grid(3)
+  grads = np.asarray(gf.gradient_field(points))
+  h = 1e-2
+  f = jax.vmap(gf.loss_surface)
+  for axis in range(3):
+    step = h * jnp.eye(3)[axis]
+    fd = (f(points + step) - f(points - step)) / (2 * h)
+    np.testing.assert_allclose(grads[:, axis], np.asarray(fd), atol=2e-3)
+
+
+def test_overlap_is_skip_plus_transformed_path(gf):
+  points = gf.make_grid(4)
+  g = gf.gradient_field(points)
+  branch = gf.make_branch(jax.random.PRNGKey(1), gain=1.5)
+  t = gf.transformed_path(branch, points, g)
+  np.testing.assert_allclose(gf.overlap(branch, points, g), g + t, rtol=1e-6, atol=1e-7)
+  # The transformed path is the branch's VJP: W^T [(1 - tanh^2(W p + b)) * g].
+  pre = points @ branch.w.T + branch.b
+  expected = ((1 - jnp.tanh(pre) ** 2) * g) @ branch.w
+  np.testing.assert_allclose(t, expected, rtol=1e-5, atol=1e-6)
+  assert float(jnp.abs(t).max()) > 0.1  # The overlap really changes the field.
+
+
+def test_znorm_panel_is_standardized_over_the_whole_field(gf):
+  _, panels = gf.simulate(4, seed=2)
+  b = np.asarray(panels.overlapped, np.float64)
+  c = np.asarray(panels.znormed, np.float64)
+  assert c.shape == b.shape == (64, 3)
+  assert abs(c.mean()) < 1e-6
+  np.testing.assert_allclose(c.std(), 1.0, atol=1e-5)
+  # One tensor: statistics over all 3 n^3 entries, not per point or per component.
+  np.testing.assert_allclose(c, (b - b.mean()) / b.std(), rtol=1e-4, atol=1e-5)
+
+
+def test_difference_panel_is_c_minus_b(gf):
+  _, panels = gf.simulate(4, seed=0)
+  np.testing.assert_array_equal(panels.difference, panels.znormed - panels.overlapped)
+
+
+def test_simulation_is_seeded(gf):
+  _, p0 = gf.simulate(3, seed=0)
+  _, p0_again = gf.simulate(3, seed=0)
+  _, p1 = gf.simulate(3, seed=1)
+  for a, b in zip(p0, p0_again, strict=True):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(p0.original, p1.original)  # The loss surface is fixed.
+  assert not np.allclose(p0.overlapped, p1.overlapped)  # The branch is random.
+
+
+# --------------------------------------------------------------------------- plot_runs
+
+
+def _record(step, steps_per_epoch=10, **overrides):
+  frac = step / 100
+  record = {
+    "step": step,
+    "epoch": step / steps_per_epoch,
+    "train_loss": 2.3 * (1 - 0.8 * frac),
+    "train_accuracy": 0.1 + 0.8 * frac,
+    "eval_loss": 2.3 * (1 - 0.7 * frac),
+    "eval_accuracy": 0.1 + 0.7 * frac,
+    "learning_rate": 0.1,
+    "images_per_second": 1000.0,
+    "wall_time": float(step),
+    "extra_key": "ignored",
+  }
+  record.update(overrides)
+  return record
+
+
+def _write_workdir(path, records, tail=""):
+  path.mkdir(parents=True)
+  text = "".join(json.dumps(r) + "\n" for r in records) + tail
+  (path / "metrics.jsonl").write_text(text)
+  return path
+
+
+@pytest.fixture
+def workdirs(tmp_path):
+  sgd = _write_workdir(tmp_path / "sgd", [_record(s) for s in (10, 20, 30, 40)])
+  # Killed mid-write: the last line is cut off.
+  znorm = _write_workdir(
+    tmp_path / "znorm",
+    [_record(s, eval_accuracy=0.2 + s / 100) for s in (10, 20, 30)],
+    tail='{"step": 40, "epoch": 4.0, "train_lo',
+  )
+  return sgd, znorm
+
+
+def test_load_metrics_skips_truncated_last_line(pr, workdirs):
+  sgd, znorm = workdirs
+  assert [r["step"] for r in pr.load_metrics(sgd)] == [10, 20, 30, 40]
+  records = pr.load_metrics(znorm)
+  assert [r["step"] for r in records] == [10, 20, 30]
+  assert records[0]["extra_key"] == "ignored"
+
+
+def test_load_metrics_rejects_malformed_middle_line(pr, tmp_path):
+  workdir = _write_workdir(tmp_path / "bad", [_record(10)], tail="{oops\n")
+  with (workdir / "metrics.jsonl").open("a") as f:
+    f.write(json.dumps(_record(20)) + "\n")
+  with pytest.raises(ValueError, match=r"metrics.jsonl:2"):
+    pr.load_metrics(workdir)
+
+
+def test_curve_keeps_last_record_of_a_repeated_step(pr):
+  records = [_record(10), _record(20, eval_loss=9.0), _record(20, eval_loss=1.0), _record(30)]
+  xs, ys = pr.curve(records, "step", "eval_loss")
+  assert xs == [10, 20, 30]
+  assert ys[1] == 1.0
+
+
+@pytest.mark.parametrize("x", ["step", "epoch"])
+def test_plot_runs_main_writes_png(pr, workdirs, tmp_path, x, capsys):
+  out = tmp_path / "plots" / f"runs_{x}.png"
+  argv = [*map(str, workdirs), "--out", str(out), "--x", x, "--labels", "SGD,ZNorm"]
+  assert pr.main(argv) == out
+  _assert_png(out)
+  assert str(out) in capsys.readouterr().out
+
+
+def test_plot_runs_function_default_labels(pr, workdirs, tmp_path):
+  out = pr.plot_runs(workdirs, tmp_path / "default.png", log_loss=True)
+  _assert_png(out)
+
+
+def test_missing_metrics_file_exits_naming_the_path(pr, workdirs, tmp_path):
+  missing = tmp_path / "never_ran"
+  missing.mkdir()
+  with pytest.raises(SystemExit) as exc:
+    pr.main([str(workdirs[0]), str(missing), "--out", str(tmp_path / "x.png")])
+  message = str(exc.value.code)
+  assert str(missing / "metrics.jsonl") in message
+  assert "\n" not in message
+  assert not (tmp_path / "x.png").exists()
+
+
+def test_label_count_mismatch_exits(pr, workdirs, tmp_path):
+  with pytest.raises(SystemExit, match="labels"):
+    pr.main([*map(str, workdirs), "--out", str(tmp_path / "x.png"), "--labels", "only_one"])
