@@ -71,19 +71,18 @@ def moments(g: jax.Array, axes: tuple[int, ...]) -> Moments:
   """Mean and population standard deviation of ``g`` over ``axes`` (kept as size 1)."""
   x = g.astype(jnp.float32)
   n = reduction_size(g.shape, axes)
-  # Deviations are taken from one element of each group (the pivot): a constant group
-  # then has deviations of exactly 0, so zero spread is detected exactly, and the sums
-  # stay small relative to the data. Halving first (exact) keeps x - pivot finite even
-  # for opposite-signed values near the float32 maximum.
-  pivot = x[tuple(slice(0, 1) if a in axes else slice(None) for a in range(g.ndim))]
-  half_deviation = x * 0.5 - pivot * 0.5
-  # Both first-pass reductions read only x, so XLA fuses them into one pass.
-  max_abs = jnp.max(jnp.abs(x), axis=axes, keepdims=True)
-  half_mean_deviation = jnp.sum(half_deviation * (1.0 / n), axis=axes, keepdims=True)
-  scale = power_of_two_scale(max_abs)
-  centered = (half_deviation / scale - half_mean_deviation / scale) * 2.0
+  # The three first-pass reductions read only x, so XLA fuses them into one pass.
+  # Scaling each term by 1/n before summing keeps the sum finite near float32's maximum.
+  high = jnp.max(x, axis=axes, keepdims=True)
+  low = jnp.min(x, axis=axes, keepdims=True)
+  mean = jnp.sum(x * (1.0 / n), axis=axes, keepdims=True)
+  # A rounded mean of a constant group is not exactly the constant; max == min is an
+  # exact test, so zero spread gives exact zeros rather than amplified rounding noise.
+  constant = high == low
+  mean = jnp.where(constant, high, mean)
+  scale = power_of_two_scale(jnp.maximum(high, -low))
+  centered = jnp.where(constant, 0.0, x / scale - mean / scale)
   variance = jnp.mean(jnp.square(centered), axis=axes, keepdims=True)
-  mean = (pivot * 0.5 + half_mean_deviation) * 2.0
   return Moments(mean, scale, centered, jnp.sqrt(variance))
 
 
