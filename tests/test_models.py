@@ -315,7 +315,9 @@ def test_overlap_sum_rule_on_resnet20(resnet20, images, labels):
         total = grads[name]["skip"] + grads[name]["branch"]
         assert float(jnp.abs(grads[name]["branch"]).max()) > 0, name
         np.testing.assert_allclose(total, dx[name], rtol=1e-4, atol=1e-7, err_msg=name)
-
+    # Option A's skip path subsamples with stride 2: it sends no gradient to odd pixels.
+    np.testing.assert_array_equal(grads["stage2_block0"]["skip"][:, 1::2], 0.0)
+    assert float(jnp.abs(grads["stage2_block0"]["skip"][:, ::2, ::2]).max()) > 0
 
 
 def test_zero_init_residual_gives_zero_branch_and_cosine(images, labels):
@@ -337,3 +339,17 @@ def test_block_names_forward_order_beyond_ten_blocks(images):
                    stem="cifar")
     variables = _abstract_variables(model)
     assert block_names(model, variables, images) == tuple(f"stage1_block{j}" for j in range(12))
+
+
+def test_overlap_under_pmap_with_synchronized_batch_norm(images, labels):
+    n = jax.local_device_count()
+    model = ResNet(stage_sizes=(1, 1), block_cls=BasicBlock, num_classes=10, widths=(4, 8),
+                   stem="cifar", shortcut="A", axis_name="batch")
+    variables = _init(model, images)
+    replicated = jax.tree.map(lambda a: jnp.broadcast_to(a, (n, *a.shape)), variables)
+    split = jax.pmap(
+        lambda v, x, y: jax.lax.pmean(block_gradient_split(model, v, x, y), "batch"),
+        axis_name="batch")(replicated, images.reshape(n, -1, 32, 32, 3), labels.reshape(n, -1))
+    assert sorted(split) == ["stage1_block0", "stage2_block0"]
+    for leaf in jax.tree.leaves(split):
+        assert leaf.shape == (n,) and np.isfinite(leaf).all() and leaf[0] == leaf[-1]

@@ -17,8 +17,8 @@ def _standardize(g: jax.Array, eps, axis: _numerics.Axis) -> jax.Array:
   # (g - mean) / (std + eps) with numerator and denominator divided by the exact
   # power-of-two scale; a zero denominator (no spread, eps = 0) gives zeros, not NaN.
   denominator = m.scaled_std + eps / m.scale
-  safe = jnp.where(denominator > 0, denominator, 1.0)
-  return jnp.where(denominator > 0, m.centered / safe, 0.0).astype(g.dtype)
+  inverse = jnp.where(denominator > 0, 1.0 / denominator, 0.0)
+  return (m.centered * inverse).astype(g.dtype)
 
 
 def znorm(eps: float = 1e-8, *, axis: _numerics.Axis = None) -> optax.GradientTransformation:

@@ -81,7 +81,8 @@ def moments(g: jax.Array, axes: tuple[int, ...]) -> Moments:
   constant = high == low
   mean = jnp.where(constant, high, mean)
   scale = power_of_two_scale(jnp.maximum(high, -low))
-  centered = jnp.where(constant, 0.0, x / scale - mean / scale)
+  inverse_scale = 1.0 / scale  # Exact: a power of two (multiplying beats dividing).
+  centered = jnp.where(constant, 0.0, x * inverse_scale - mean * inverse_scale)
   variance = jnp.mean(jnp.square(centered), axis=axes, keepdims=True)
   return Moments(mean, scale, centered, jnp.sqrt(variance))
 

@@ -1,0 +1,187 @@
+"""Cost of the gradient transforms, measured side by side in one process.
+
+Part 1 (``--part update``): the jitted optimizer update (``tx.update`` plus
+``optax.apply_updates``) on the real parameter pytrees of CIFAR ResNets, for
+
+  adam                 optax.adam alone (the baseline)
+  floor                one extra reduction pass over each gradient leaf, then Adam: the
+                       least any per-tensor statistic can cost
+  znorm+adam           zo.znorm() then Adam
+  centralize+adam      zo.centralize() then Adam
+  optax_centralize+adam  optax.centralize() then Adam
+  clip+adam            zo.clip_by_global_norm(1.0) then Adam
+
+Part 2 (``--part step``): a full training step of resnet20 (forward, backward, update)
+with no transform vs ZNorm.
+
+Variants are interleaved and repeated in rounds; each round times every variant once
+(``--iters`` calls), and the report gives medians over rounds with the ratio to Adam
+alone and to the floor. Run from the project root:
+
+  python benchmarks/transform_overhead.py                 # both parts
+  python benchmarks/transform_overhead.py --part update --models resnet56 --rounds 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import models
+import znorm_optax as zo
+
+
+def floor_transform() -> optax.GradientTransformation:
+  """One reduction per leaf whose result is used (so XLA keeps it) but changes nothing."""
+
+  def update_fn(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda g: g * (1 + 0 * g.sum()), updates), state
+
+  return optax.GradientTransformation(optax.init_empty_state, update_fn)
+
+
+UPDATE_VARIANTS = {
+  "adam": lambda: optax.adam(1e-3),
+  "floor": lambda: optax.chain(floor_transform(), optax.adam(1e-3)),
+  "znorm+adam": lambda: optax.chain(zo.znorm(), optax.adam(1e-3)),
+  "centralize+adam": lambda: optax.chain(zo.centralize(), optax.adam(1e-3)),
+  "optax_centralize+adam": lambda: optax.chain(optax.centralize(), optax.adam(1e-3)),
+  "clip+adam": lambda: optax.chain(zo.clip_by_global_norm(1.0), optax.adam(1e-3)),
+}
+
+
+def model_variables(name: str, batch: int = 2):
+  model = models.create_model(name, num_classes=10)
+  images = jnp.zeros((batch, 32, 32, 3), jnp.float32)
+  variables = model.init(jax.random.key(0), images, train=False)
+  return model, {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+
+
+def random_like(tree, seed):
+  leaves, treedef = jax.tree.flatten(tree)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  return treedef.unflatten(
+    [1e-3 * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves, strict=True)]
+  )
+
+
+def time_rounds(candidates: dict, rounds: int, iters: int) -> dict[str, float]:
+  """Median seconds per call of each ``run()`` in ``candidates``, interleaved by round."""
+  for run in candidates.values():  # Compile and warm up.
+    jax.block_until_ready(run())
+  samples = {name: [] for name in candidates}
+  for _ in range(rounds):
+    for name, run in candidates.items():
+      start = time.perf_counter()
+      for _ in range(iters):
+        out = run()
+      jax.block_until_ready(out)
+      samples[name].append((time.perf_counter() - start) / iters)
+  return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def update_candidates(params):
+  grads = random_like(params, 1)
+  candidates = {}
+  for name, make in UPDATE_VARIANTS.items():
+    tx = make()
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def update(params, state, grads, tx=tx):
+      updates, state = tx.update(grads, state, params)
+      return optax.apply_updates(params, updates), state
+
+    holder = {"params": jax.tree.map(jnp.copy, params), "state": tx.init(params)}
+
+    def run(update=update, holder=holder):
+      holder["params"], holder["state"] = update(holder["params"], holder["state"], grads)
+      return holder["params"]
+
+    candidates[name] = run
+  return candidates
+
+
+def step_candidates(batch: int):
+  model, variables = model_variables("resnet20")
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.normal(size=(batch, 32, 32, 3)), jnp.float32)
+  labels = jnp.asarray(rng.integers(0, 10, batch))
+  candidates = {}
+  for name in ("none", "znorm"):
+    tx = optax.chain(zo.gradient_transform(name), optax.adam(1e-3))
+
+    def loss_fn(params, batch_stats):
+      logits, new_state = model.apply(
+        {"params": params, "batch_stats": batch_stats}, images, train=True,
+        mutable=["batch_stats"],
+      )
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+      return loss, new_state["batch_stats"]
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
+    def step(params, batch_stats, state, tx=tx, loss_fn=loss_fn):
+      grads, batch_stats = jax.grad(loss_fn, has_aux=True)(params, batch_stats)
+      updates, state = tx.update(grads, state, params)
+      return optax.apply_updates(params, updates), batch_stats, state
+
+    params = jax.tree.map(jnp.copy, variables["params"])
+    holder = [params, jax.tree.map(jnp.copy, variables["batch_stats"]), tx.init(params)]
+
+    def run(step=step, holder=holder):
+      holder[:] = step(*holder)
+      return holder[0]
+
+    candidates[f"step/{name}"] = run
+  return candidates
+
+
+def report(title: str, medians: dict[str, float], baseline: str, floor: str | None):
+  print(f"\n{title}")
+  header = f"{'variant':24s} {'median ms':>10s} {'x ' + baseline:>12s}"
+  print(header + (f" {'x ' + floor:>10s}" if floor else ""))
+  for name, seconds in medians.items():
+    line = f"{name:24s} {1e3 * seconds:10.3f} {seconds / medians[baseline]:12.3f}"
+    if floor:
+      line += f" {seconds / medians[floor]:10.3f}"
+    print(line)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--part", choices=["update", "step", "all"], default="all")
+  parser.add_argument("--models", default="resnet20,resnet56,resnet110")
+  parser.add_argument("--rounds", type=int, default=15)
+  parser.add_argument("--iters", type=int, default=20)
+  parser.add_argument("--step-rounds", type=int, default=7)
+  parser.add_argument("--batch", type=int, default=128)
+  args = parser.parse_args(argv)
+  print(
+    f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}, "
+    f"{platform.processor() or platform.machine()}"
+  )
+  if args.part in ("update", "all"):
+    for name in args.models.split(","):
+      _, variables = model_variables(name)
+      params = variables["params"]
+      count = sum(x.size for x in jax.tree.leaves(params))
+      medians = time_rounds(update_candidates(params), args.rounds, args.iters)
+      report(
+        f"optimizer update, {name} ({count / 1e6:.2f}M params, "
+        f"{len(jax.tree.leaves(params))} leaves)", medians, "adam", "floor",
+      )
+  if args.part in ("step", "all"):
+    medians = time_rounds(step_candidates(args.batch), args.step_rounds, iters=3)
+    report(f"full train step, resnet20, batch {args.batch}", medians, "step/none", None)
+
+
+if __name__ == "__main__":
+  main()
