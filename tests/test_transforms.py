@@ -91,9 +91,10 @@ def test_znorm_is_accurate_when_the_mean_dwarfs_the_spread(mean, std):
   np.testing.assert_allclose(state.mean, g.astype(np.float64).mean(), rtol=1e-6)
 
 
-@pytest.mark.parametrize("value", [0.0, 7.5, -1e30])
-def test_znorm_zero_variance_gives_zeros(value):
-  out = apply(zo.znorm(eps=0.0), jnp.full((5, 3), value))
+@pytest.mark.parametrize("eps", [0.0, 1e-8])
+@pytest.mark.parametrize("value", [0.0, 7.5, -1e30, 3e38])
+def test_znorm_zero_variance_gives_zeros(value, eps):
+  out = apply(zo.znorm(eps=eps), jnp.full((5, 3), value))
   np.testing.assert_array_equal(out, np.zeros((5, 3)))
 
 

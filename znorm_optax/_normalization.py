@@ -15,9 +15,9 @@ def _standardize(g: jax.Array, eps, axis: _numerics.Axis) -> jax.Array:
     return g  # No spread to measure: a scalar step size is left to the optimizer.
   m = _numerics.moments(g, axes)
   # (g - mean) / (std + eps) with numerator and denominator divided by the exact
-  # power-of-two scale; a zero denominator (no spread, eps = 0) gives zeros, not NaN.
+  # power-of-two scale. Zero spread means centered == 0: give zeros, whatever eps is.
   denominator = m.scaled_std + eps / m.scale
-  inverse = jnp.where(denominator > 0, 1.0 / denominator, 0.0)
+  inverse = jnp.where(m.scaled_std > 0, 1.0 / denominator, 0.0)
   return (m.centered * inverse).astype(g.dtype)
 
 
