@@ -309,3 +309,12 @@ def _get(tree, path):
   for key in path:
     tree = tree[key.key]
   return tree
+
+
+@pytest.mark.parametrize("name", zo.GRADIENT_TRANSFORMS)
+def test_transforms_add_no_optimizer_state(name):
+  params = random_tree(13)
+  adam = optax.adam(1e-3).init(params)
+  chained = optax.chain(zo.gradient_transform(name), optax.adam(1e-3)).init(params)
+  assert jax.tree.leaves(chained) and len(jax.tree.leaves(chained)) == len(jax.tree.leaves(adam))
+  assert sum(x.nbytes for x in jax.tree.leaves(chained)) == sum(x.nbytes for x in jax.tree.leaves(adam))
