@@ -1,0 +1,60 @@
+"""Default config: ResNet-20 on CIFAR-10, Adam (lr 1e-3) on ZNorm'd gradients, batch 128.
+
+The paper's setting as far as it is known (Adam, lr 1e-3, batch 128, BatchNorm momentum 0.9);
+the epoch count, the cosine schedule and the 5% warmup are this project's choices.
+
+    python train.py --workdir=/tmp/run --config=configs/default.py --config.model=resnet56
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+
+    # Model (`models.MODEL_NAMES`).
+    config.model = "resnet20"
+    config.model_widths = ()  # filters per stage, e.g. (8, 16, 32); () = the model's own
+    config.bn_momentum = 0.9  # flax convention (torch momentum 0.1)
+    config.dtype = "float32"  # compute dtype: float32 | bfloat16 | float16; params stay float32
+
+    # Data (tfds).
+    config.dataset = "cifar10"  # cifar10 | cifar100
+    config.data_dir = config_dict.placeholder(str)  # tfds data dir; None = tfds default
+    config.train_split = "train"  # tfds split strings; slices such as train[:5000] work
+    config.eval_split = "test"
+    config.augment = True  # pad-4 random crop + horizontal flip, on device
+
+    # Schedule of the run.
+    config.batch_size = 128  # global, split over all devices of all hosts
+    config.eval_batch_size = -1  # global; -1 = batch_size
+    config.num_epochs = 100
+    config.num_train_steps = -1  # -1 = num_epochs * (train examples // batch_size)
+
+    # Optimizer: base optimizer after the gradient transform.
+    config.optimizer = "adam"  # adam | adamw | sgd
+    config.learning_rate = 1e-3
+    config.momentum = 0.9  # sgd only; 0 = plain SGD
+    config.nesterov = False  # sgd only
+    config.weight_decay = 0.0  # adamw: decoupled; adam/sgd: L2 on the gradient; kernels only
+    config.schedule = "cosine"  # constant | cosine | step (each after a linear warmup)
+    config.warmup_fraction = 0.05  # of the training steps, from 0 to learning_rate
+    config.step_boundaries = (0.5, 0.75)  # schedule=step: fractions of the training steps
+    config.step_decay = 0.1  # schedule=step: factor at each boundary
+
+    # Gradient transform (`znorm_optax.GRADIENT_TRANSFORMS`), applied to the pmean'ed gradients.
+    config.grad_transform = "znorm"  # none | znorm | centralize | clip | clip_layer
+    config.grad_transform_params = "kernels"  # kernels (ndim >= 2) | all
+    config.znorm_eps = 1e-8
+    config.clip_norm = 1.0  # clip (global norm) and clip_layer (per-parameter norm)
+
+    # Bookkeeping.
+    config.seed = 0
+    config.num_devices = -1  # local devices used by pmap; -1 = all
+    config.log_every_steps = 50  # TensorBoard train scalars
+    config.eval_every_steps = -1  # -1 = once per epoch (and always at the end)
+    config.checkpoint_every_steps = -1  # -1 = once per epoch (and always at the end)
+    config.keep_checkpoints = 3
+
+    return config

@@ -1,0 +1,462 @@
+"""Tests of train.py: config validation, the optimizer, outputs, 1-vs-4-device equivalence,
+kill/SIGTERM-and-resume determinism, one-line CLI errors and a real-CIFAR-10 integration run.
+
+Runs use `tfds.testing.mock_data` and ResNet-20 at widths (4, 8, 16); the runs that get killed
+are subprocesses started together, sharing a JAX compilation cache so that the resumed runs do
+not compile again.
+"""
+
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+import input_pipeline as ip
+import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # for `configs` (not an installed package)
+    sys.path.insert(0, ROOT)
+
+from configs import default  # noqa: E402
+
+REAL_DATA_DIR = os.path.join(ROOT, "..", "shared", "data", "tfds")
+HAS_REAL_DATA = os.path.isfile(
+    os.path.join(REAL_DATA_DIR, "cifar10", "3.0.2", "dataset_info.json")
+)
+MOCK_EXAMPLES = 64  # per split: 4 steps per epoch at batch 16
+
+# A small run: 12 steps = 3 epochs, evaluation every 4 steps over 64 examples padded to 72
+# (eval batch 24), a checkpoint every 2 steps.
+TINY = dict(
+    model_widths=(4, 8, 16),
+    batch_size=16,
+    eval_batch_size=24,
+    num_train_steps=12,
+    eval_every_steps=4,
+    checkpoint_every_steps=2,
+    log_every_steps=2,
+    num_devices=4,
+)
+DETERMINISTIC_FIELDS = (
+    "step", "epoch", "train_loss", "train_accuracy", "eval_loss", "eval_accuracy",
+    "learning_rate",
+)
+
+# Run by the subprocesses: argv = workdir, json overrides, npz path for the final state.
+RUN_SCRIPT = f"""
+import json, sys
+sys.path.insert(0, {ROOT!r})
+import jax
+import numpy as np
+import tensorflow_datasets as tfds
+import train
+from configs import default
+
+workdir, overrides, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+config = default.get_config()
+config.update(overrides)
+with tfds.testing.mock_data(num_examples={MOCK_EXAMPLES}):
+    state = train.train_and_evaluate(config, workdir)
+flat = jax.tree_util.tree_flatten_with_path(
+    {{"params": state.params, "batch_stats": state.batch_stats, "step": state.step,
+      "opt_state": state.opt_state}})[0]
+np.savez(out, **{{jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}})
+"""
+
+
+def tiny_config(**overrides):
+    config = default.get_config()
+    config.update({**TINY, **overrides})
+    return config
+
+
+def flat_state(state) -> dict:
+    tree = {"params": state.params, "batch_stats": state.batch_stats, "step": state.step,
+            "opt_state": state.opt_state}
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}
+
+
+def read_metrics(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def finalized_steps(workdir):
+    ckpt = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(ckpt):
+        return []
+    return sorted(int(d) for d in os.listdir(ckpt) if d.isdigit())
+
+
+def subprocess_env(cache_dir):
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    env["JAX_PLATFORMS"] = "cpu"
+    env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
+
+
+# ---------------------------------------------------------------------------------------------
+# Config, schedule, optimizer, validation (no data, no training)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_default_config_follows_the_paper_setting():
+    config = default.get_config()
+    assert config.model == "resnet20" and config.dataset == "cifar10"
+    assert config.optimizer == "adam" and config.learning_rate == 1e-3
+    assert config.batch_size == 128 and config.bn_momentum == 0.9
+    assert config.grad_transform == "znorm"
+    assert 0 < config.warmup_fraction <= 0.05
+    assert config.data_dir is None  # a placeholder, overridable from the command line
+
+
+@pytest.mark.parametrize(
+    "name, transform", [("paper_adam", "none"), ("paper_centralize", "centralize"),
+                        ("paper_clip", "clip"), ("paper_znorm", "znorm")],
+)
+def test_paper_configs_differ_from_default_in_the_transform(name, transform):
+    module = __import__(f"configs.{name}", fromlist=["get_config"])
+    config, base = module.get_config(), default.get_config()
+    assert config.grad_transform == transform
+    differing = {k for k in base.keys() if config[k] != base[k]}
+    assert differing <= {"grad_transform", "grad_transform_params"}
+    train.validate_config(config, 4)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "step"])
+def test_learning_rate_schedule_warms_up_then_decays(schedule):
+    config = default.get_config()
+    config.schedule = schedule
+    fn = train.create_learning_rate_schedule(config, 1000)  # 50 warmup steps
+    assert float(fn(0)) == 0.0
+    assert float(fn(25)) == pytest.approx(5e-4)
+    assert float(fn(50)) == pytest.approx(1e-3)
+    end = float(fn(999))
+    expected = {"constant": 1e-3, "cosine": 0.0, "step": 1e-5}[schedule]
+    assert end == pytest.approx(expected, abs=1e-7)
+    if schedule == "step":
+        assert float(fn(499)) == pytest.approx(1e-3) and float(fn(501)) == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize("transform", ["none", "znorm", "centralize", "clip", "clip_layer"])
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+def test_optimizer_updates_with_every_transform(optimizer, transform):
+    config = default.get_config()
+    config.update(dict(optimizer=optimizer, grad_transform=transform, weight_decay=1e-4,
+                       warmup_fraction=0.0))
+    tx, _ = train.create_optimizer(config, 10)
+    params = {"dense": {"kernel": np.ones((3, 2), np.float32), "bias": np.ones(2, np.float32)}}
+    grads = {"dense": {"kernel": np.arange(6, dtype=np.float32).reshape(3, 2),
+                       "bias": np.array([0.5, -0.5], np.float32)}}
+    updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+    for leaf in jax.tree.leaves(updates):
+        assert np.isfinite(leaf).all() and np.abs(leaf).max() > 0
+
+
+def test_weight_decay_only_touches_kernels():
+    config = default.get_config()
+    config.update(dict(optimizer="sgd", momentum=0.0, grad_transform="none", weight_decay=0.1,
+                       schedule="constant", warmup_fraction=0.0, learning_rate=1.0))
+    tx, _ = train.create_optimizer(config, 10)
+    params = {"kernel": np.ones((2, 2), np.float32), "bias": np.ones(2, np.float32)}
+    zeros = jax.tree.map(np.zeros_like, params)
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    np.testing.assert_allclose(updates["kernel"], -0.1)
+    np.testing.assert_allclose(updates["bias"], 0.0)
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("model", "resnet21", "valid values: resnet20, resnet32"),
+        ("optimizer", "lamb", "valid values: adam, adamw, sgd"),
+        ("grad_transform", "zscore", "valid values: none, znorm, centralize, clip, clip_layer"),
+        ("schedule", "linear", "valid values: constant, cosine, step"),
+        ("dataset", "mnist", "valid values: cifar10, cifar100"),
+        ("dtype", "float8", "valid values: float32, bfloat16"),
+        ("batch_size", 18, "not divisible by the 4 devices"),
+        ("eval_batch_size", 10, "not divisible by the 4 devices"),
+        ("znorm_eps", -1.0, "eps"),
+        ("num_devices", 9, "num_devices=9"),
+    ],
+)
+def test_bad_config_fails_before_loading_data(tmp_path, field, value, match):
+    config = tiny_config(**{field: value, "data_dir": str(tmp_path / "no_data_here")})
+    start = time.monotonic()
+    with pytest.raises(ValueError, match=match) as info:
+        train.train_and_evaluate(config, str(tmp_path / "work"))
+    assert "\n" not in str(info.value)
+    assert time.monotonic() - start < 5  # no data loading, no compilation
+
+
+def test_split_larger_than_the_dataset_is_a_clear_error(tmp_path):
+    with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+        with pytest.raises(ValueError, match="--config.train_split=train\\[:100\\]"):
+            train.train_and_evaluate(tiny_config(train_split="train[:100]"), str(tmp_path))
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs: a 4-device reference run (subprocess), killed/SIGTERM'd runs resumed, a 1-device run
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Subprocess runs of the TINY config on 4 devices:
+
+    * ``ref``: uninterrupted (it fills the compilation cache for the others);
+    * ``kill``: SIGKILLed as soon as its first checkpoint is complete, then given a fake
+      half-written later checkpoint and a cut metrics line (a kill during a checkpoint or a
+      metrics write), then re-run to the end;
+    * ``term``: sent SIGTERM after its first checkpoint (saves and exits 0), then re-run.
+    """
+    base = tmp_path_factory.mktemp("runs")
+    env = subprocess_env(base / "jax_cache")
+    script = base / "run.py"
+    script.write_text(RUN_SCRIPT)
+    overrides = json.dumps(TINY)
+
+    def start(name, out):
+        workdir = base / name
+        return subprocess.Popen(
+            [sys.executable, str(script), str(workdir), overrides, str(base / out)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+
+    first = {}
+    ref = start("ref", "ref.npz")
+    out, err = ref.communicate(timeout=240)
+    first["ref"] = {"rc": ref.returncode, "stdout": out, "stderr": err}
+    assert ref.returncode == 0, err[-3000:]
+
+    procs = {"kill": start("kill", "kill_first.npz"), "term": start("term", "term_first.npz")}
+    signals = {"kill": signal.SIGKILL, "term": signal.SIGTERM}
+    sent = {}
+    deadline = time.monotonic() + 240
+    while any(p.poll() is None for p in procs.values()) and time.monotonic() < deadline:
+        for name, sig in signals.items():
+            if name not in sent and procs[name].poll() is None and finalized_steps(base / name):
+                procs[name].send_signal(sig)
+                sent[name] = finalized_steps(base / name)
+        time.sleep(0.02)
+    for name, p in procs.items():
+        if p.poll() is None:
+            p.kill()
+        out, err = p.communicate()
+        first[name] = {"rc": p.returncode, "stdout": out, "stderr": err}
+
+    # The kill may have landed anywhere; add the debris of a kill during a checkpoint write and
+    # during a metrics write on top.
+    kill_dir = base / "kill"
+    killed_at = finalized_steps(kill_dir)
+    debris = kill_dir / "checkpoints" / f"{max(killed_at) + 2}.orbax-checkpoint-tmp-1234567"
+    (debris / "default").mkdir(parents=True)
+    (debris / "default" / "_METADATA").write_text('{"tree_metadata": {"pa')
+    with open(kill_dir / "metrics.jsonl", "a") as f:
+        f.write('{"step": 1000, "epoch": 2')
+
+    again = {"kill": start("kill", "kill.npz"), "term": start("term", "term.npz")}
+    second = {}
+    for name, p in again.items():
+        out, err = p.communicate(timeout=240)
+        second[name] = {"rc": p.returncode, "stdout": out, "stderr": err}
+    return {"base": base, "first": first, "second": second, "sent": sent,
+            "killed_at": killed_at}
+
+
+def load_npz(path):
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def test_smoke_run_writes_all_outputs(runs):
+    workdir = runs["base"] / "ref"
+    assert "Done at step 12" in runs["first"]["ref"]["stdout"]
+    rows = read_metrics(workdir)
+    assert [r["step"] for r in rows] == [4, 8, 12]
+    for r in rows:
+        for key in DETERMINISTIC_FIELDS + ("images_per_second", "wall_time"):
+            assert key in r
+        assert 0.0 <= r["train_accuracy"] <= 1.0 and 0.0 <= r["eval_accuracy"] <= 1.0
+        assert np.isfinite(r["train_loss"]) and np.isfinite(r["eval_loss"])
+        assert r["images_per_second"] > 0
+    assert rows[-1]["epoch"] == 3.0
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["model"] == "resnet20" and config["num_train_steps"] == 12
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
+    assert finalized_steps(workdir) == [8, 10, 12]  # keep_checkpoints=3
+    assert int(load_npz(runs["base"] / "ref.npz")["['step']"]) == 12
+
+
+def test_eval_counts_every_example_once(tmp_path):
+    """64 eval examples in batches of 24: the padded 8 must not count."""
+    config = tiny_config(num_train_steps=1, num_devices=2)
+    model = train.create_model(config, 10)
+    tx, _ = train.create_optimizer(config, 1)
+    state = train.initial_state(config, model, tx, (32, 32, 3))
+    with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+        images, labels = ip.load_split("cifar10", "test")
+    fn = jax.pmap(functools.partial(train.eval_step, apply_fn=model.apply, mean=(0.5,) * 3,
+                                    std=(0.25,) * 3), axis_name="batch",
+                  devices=jax.local_devices()[:2])
+    pi, pl, mask = ip.pad_eval_split(images, labels, 24)
+    rep = jax.tree.map(lambda x: np.stack([x, x]), state)
+    total = np.zeros(3)
+    for i in range(0, len(pi), 24):
+        out = fn(rep, *(ip.shard_batch(a[i:i + 24], 2) for a in (pi, pl, mask)))
+        total += [float(out["loss"][0]), float(out["correct"][0]), float(out["count"][0])]
+    assert total[2] == 64
+    logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                         ip.normalize(images, (0.5,) * 3, (0.25,) * 3), train=False)
+    correct = float((np.argmax(logits, -1) == labels).sum())
+    assert total[1] == correct
+
+
+def test_checkpoint_restores_the_final_state(runs):
+    workdir = runs["base"] / "ref"
+    config = tiny_config()
+    model = train.create_model(config, 10)
+    tx, _ = train.create_optimizer(config, 12)
+    like = train.initial_state(config, model, tx, (32, 32, 3))
+    state, sums = train.restore_checkpoint(str(workdir), like)
+    assert int(state.step) == 12
+    assert jax.tree.structure(state.opt_state) == jax.tree.structure(like.opt_state)
+    ref = load_npz(runs["base"] / "ref.npz")
+    restored = flat_state(state)
+    assert restored.keys() == ref.keys()
+    for k in ref:
+        np.testing.assert_array_equal(restored[k], ref[k], err_msg=k)
+    np.testing.assert_array_equal(sums, 0.0)  # the last step was an evaluation
+
+
+def _assert_same_run(runs, name):
+    ref = load_npz(runs["base"] / "ref.npz")
+    got = load_npz(runs["base"] / f"{name}.npz")
+    assert got.keys() == ref.keys()
+    for k in ref:
+        np.testing.assert_array_equal(got[k], ref[k], err_msg=k)  # bit-identical
+    ref_rows, rows = read_metrics(runs["base"] / "ref"), read_metrics(runs["base"] / name)
+    assert len(rows) == len(ref_rows) == 3
+    for a, b in zip(ref_rows, rows, strict=True):
+        assert {k: a[k] for k in DETERMINISTIC_FIELDS} == {k: b[k] for k in DETERMINISTIC_FIELDS}
+
+
+def test_sigkill_and_resume_gives_identical_results(runs):
+    first, second = runs["first"]["kill"], runs["second"]["kill"]
+    assert first["rc"] == -signal.SIGKILL, "the run ended before it could be killed"
+    resumed_from = max(runs["killed_at"])
+    assert 2 <= resumed_from < 12
+    assert f"Resumed from step {resumed_from}" in second["stdout"], second["stderr"][-3000:]
+    assert second["rc"] == 0
+    assert not [d for d in os.listdir(runs["base"] / "kill" / "checkpoints") if "tmp" in d]
+    _assert_same_run(runs, "kill")
+
+
+def test_sigterm_saves_exits_cleanly_and_resumes_identically(runs):
+    first, second = runs["first"]["term"], runs["second"]["term"]
+    assert first["rc"] == 0, first["stderr"][-3000:]
+    assert "SIGTERM: stopped at step" in first["stdout"]
+    stopped = int(load_npz(runs["base"] / "term_first.npz")["['step']"])
+    assert stopped < 12, "the run ended before SIGTERM arrived"
+    assert f"(checkpoint at step {stopped})" in first["stdout"]
+    assert f"Resumed from step {stopped}" in second["stdout"]
+    assert second["rc"] == 0
+    _assert_same_run(runs, "term")
+
+
+def test_four_devices_match_one_device(runs, tmp_path):
+    """Same global batch over 1 device (this process) and 4 (the reference subprocess), with
+    synchronized BatchNorm and device-count-invariant augmentation."""
+    with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+        state = train.train_and_evaluate(tiny_config(num_devices=1), str(tmp_path))
+    one = flat_state(state)
+    four = load_npz(runs["base"] / "ref.npz")
+    assert one.keys() == four.keys()
+    worst = max(float(np.max(np.abs(one[k] - four[k]))) for k in one)
+    assert worst < 1e-5, worst
+    rows1, rows4 = read_metrics(tmp_path), read_metrics(runs["base"] / "ref")
+    for a, b in zip(rows1, rows4, strict=True):
+        for k in ("train_loss", "eval_loss"):
+            assert a[k] == pytest.approx(b[k], rel=1e-4)
+
+    # Re-running a finished run resumes at its end and changes nothing.
+    with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+        again = train.train_and_evaluate(tiny_config(num_devices=1), str(tmp_path))
+    assert read_metrics(tmp_path) == rows1
+    for k, v in flat_state(again).items():
+        np.testing.assert_array_equal(v, one[k])
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line: one line on stderr, nonzero exit, no traceback
+# ---------------------------------------------------------------------------------------------
+
+CLI_WRAPPER = f"""
+import runpy, sys
+sys.path.insert(0, {ROOT!r})
+import input_pipeline
+input_pipeline.network_available = lambda *a, **k: False  # as on a machine without network
+sys.argv = ["train.py"] + sys.argv[1:]
+runpy.run_path({os.path.join(ROOT, "train.py")!r}, run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--config.model=resnet21"], "unknown model 'resnet21'; valid values: resnet20"),
+        (["--config.optimizer=lamb"], "valid values: adam, adamw, sgd"),
+        (["--config.grad_transform=zscore"], "valid values: none, znorm, centralize"),
+        (["--config.batch_size=130"], "batch_size=130 is not divisible by the 4 devices"),
+        (["--config.dataset=cifar100", "--config.data_dir={empty}"], "--config.data_dir"),
+        (["--config.nosuchfield=1"], "no field"),
+    ],
+)
+def test_cli_errors_are_one_line(tmp_path, args, match):
+    empty = tmp_path / "empty_data_dir"
+    empty.mkdir()
+    args = [a.format(empty=empty) for a in args]
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-c", CLI_WRAPPER, f"--workdir={tmp_path / 'work'}", *args],
+        env=subprocess_env(tmp_path / "cache"), capture_output=True, text=True, timeout=120,
+    )
+    assert time.monotonic() - start < 60
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and match in lines[0], lines[0]
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Real CIFAR-10
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_REAL_DATA, reason="../shared/data/tfds is absent")
+def test_integration_resnet20_znorm_learns_real_cifar10(tmp_path):
+    config = default.get_config()  # resnet20, Adam lr 1e-3 + ZNorm, batch 128
+    config.update(dict(
+        data_dir=REAL_DATA_DIR, train_split="train[:4096]", eval_split="test[:1000]",
+        num_train_steps=150, eval_every_steps=75, checkpoint_every_steps=150,
+    ))
+    assert config.model == "resnet20" and config.grad_transform == "znorm"
+    train.train_and_evaluate(config, str(tmp_path))
+    rows = read_metrics(tmp_path)
+    assert rows[-1]["step"] == 150
+    assert rows[-1]["eval_accuracy"] > 0.25, rows
