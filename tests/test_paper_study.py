@@ -1,0 +1,361 @@
+"""Tests of benchmarks/paper_study.py: the report (a pure function of the jsonl records), the
+run loop with a stub trainer (order, skipping, interruption, appends) and one tiny real run
+under `tfds.testing.mock_data`."""
+
+import importlib.util
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load():
+  name = "paper_study"
+  if name in sys.modules:
+    return sys.modules[name]
+  spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[name] = module
+  spec.loader.exec_module(module)
+  return module
+
+
+ps = _load()
+CPU = ps.PRESETS["cpu"]
+
+
+def record(model="resnet20", method="adam", seed=0, final=0.5, best=None, wall=60.0, **kw):
+  """A synthetic record of the cpu preset, accuracy rising linearly to ``final``."""
+  epochs = [float(e) for e in range(1, CPU.epochs + 1)]
+  accs = [final * e / CPU.epochs for e in epochs]
+  if best is not None:
+    accs[-2] = best
+  r = {
+    "method": method,
+    "seed": seed,
+    "model": model,
+    "budget": "cpu",
+    "epochs": CPU.epochs,
+    "train_split": CPU.train_split,
+    "eval_split": CPU.eval_split,
+    "steps": 128,
+    "final_accuracy": final,
+    "best_accuracy": max(accs),
+    "eval_epochs": epochs,
+    "epoch_accuracies": accs,
+    "wall_time_s": wall,
+    "resumed": False,
+    "device": "1 x cpu",
+    "config": {
+      "grad_transform": {"adam": "none"}.get(method, method),
+      "grad_transform_params": "all" if method == "clip" else "kernels",
+      "clip_norm": 1.0,
+      "znorm_eps": 1e-8,
+      "optimizer": "adam",
+      "warmup_fraction": 0.05,
+    },
+  }
+  r.update(kw)
+  return r
+
+
+def table_row(md, model, method):
+  rows = [line for line in md.splitlines() if line.startswith(f"| {model} | {method} |")]
+  assert len(rows) == 1, rows
+  return [c.strip() for c in rows[0].strip("|").split("|")]
+
+
+# ------------------------------------------------------------------------------ the report
+
+
+def test_table_mean_std_and_n():
+  recs = [
+    record(seed=s, final=f, wall=w) for s, f, w in [(0, 0.50, 60), (1, 0.52, 120), (2, 0.54, 180)]
+  ]
+  md = ps.render_markdown(recs, CPU)
+  model, method, n, final, best, delta, wall = table_row(md, "resnet20", "adam")
+  assert (model, method, n) == ("resnet20", "adam", "3")
+  assert final == "52.00 ± 2.00"  # sample std (ddof=1) of 50, 52, 54
+  assert best == final  # the last epoch is the best
+  assert delta == "-"
+  assert wall == "2.0 ± 1.0"  # minutes
+  assert "train[:4096]" in md and "resnet56" in md  # the preset is described above the table
+
+
+def test_single_seed_has_no_std_and_resumed_runs_are_not_timed():
+  md = ps.render_markdown([record(final=0.4, best=0.45, resumed=True)], CPU)
+  _, _, n, final, best, _, wall = table_row(md, "resnet20", "adam")
+  assert (n, final, best) == ("1", "40.00", "45.00")
+  assert wall.startswith("-") and "1 resumed" in wall
+
+
+def test_paired_difference_beyond_and_within_noise():
+  recs = []
+  for seed, base in enumerate([0.40, 0.50, 0.60]):  # large seed spread ...
+    recs.append(record(seed=seed, final=base))
+    recs.append(record(method="znorm", seed=seed, final=base + 0.02 + 0.001 * seed))  # ... tiny
+    recs.append(record(method="clip", seed=seed, final=base + (0.03, -0.03, 0.01)[seed]))
+  d = ps.paired_difference(recs, "resnet20", "znorm", "adam")
+  assert d["n"] == 3 and math.isclose(d["mean"], 0.021) and d["beyond_noise"]
+  assert not ps.paired_difference(recs, "resnet20", "clip", "adam")["beyond_noise"]
+  md = ps.render_markdown(recs, CPU)
+  assert table_row(md, "resnet20", "znorm")[5].startswith("**+2.10 ± 0.10")
+  assert not table_row(md, "resnet20", "clip")[5].startswith("**")
+  assert "znorm +2.10 pp vs adam (beyond seed noise, n=3)" in md
+  assert "clip +0.33 pp vs adam (within seed noise, n=3)" in md
+
+
+def test_identical_differences_count_as_beyond_noise():
+  recs = [record(seed=s, final=0.5) for s in range(3)]
+  recs += [record(method="znorm", seed=s, final=0.51) for s in range(3)]
+  d = ps.paired_difference(recs, "resnet20", "znorm", "adam")
+  assert d["beyond_noise"] and d["t"] > 100
+
+
+def test_missing_runs_note():
+  recs = [record(seed=s, method=m) for s in (0, 1, 2) for m in ps.METHODS]
+  recs.append(record(model="resnet56", seed=0))
+  md = ps.render_markdown(recs, CPU)
+  note = md.split("## Missing runs")[1]
+  assert "11 of 24 planned runs" in note
+  assert "resnet56 adam seeds 1,2" in note and "resnet56 znorm seeds 0,1,2" in note
+  assert "resnet20" not in note
+  assert table_row(md, "resnet56", "clip")[2] == "0"
+  complete = recs + [
+    record(model="resnet56", seed=s, method=m)
+    for s in (0, 1, 2)
+    for m in ps.METHODS
+    if (s, m) != (0, "adam")
+  ]
+  assert "None: every planned run is recorded" in ps.render_markdown(complete, CPU)
+
+
+def test_other_presets_are_not_mixed_in():
+  recs = [record(), record(epochs=8, final=0.9), record(budget="gpu", final=0.9)]
+  md = ps.render_markdown(recs, CPU)
+  assert table_row(md, "resnet20", "adam")[2:4] == ["1", "50.00"]
+  assert "2 record(s) of other budgets or presets" in md
+
+
+def test_epoch_bands():
+  runs = [record(seed=0, final=0.4), record(seed=1, final=0.8)]
+  xs, mean, lo, hi = ps.epoch_bands(runs)
+  assert xs == [1.0, 2.0, 3.0, 4.0]
+  assert mean[-1] == pytest.approx(0.6) and lo[-1] == 0.4 and hi[-1] == 0.8
+
+
+def test_write_report_writes_markdown_and_png(tmp_path):
+  import matplotlib.image as mpimg
+
+  recs = [
+    record(model=m, method=k, seed=s, final=0.4 + 0.01 * s)
+    for m in CPU.models
+    for k in ps.METHODS
+    for s in (0, 1)
+  ]
+  md, png = ps.write_report(recs, CPU, tmp_path / "out")
+  assert md.read_text().startswith("# Method comparison on CIFAR-10: budget `cpu`")
+  assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  image = mpimg.imread(png)
+  assert image.shape[1] > image.shape[0] > 300  # two panels side by side
+  assert sorted(os.listdir(tmp_path / "out")) == ["paper_study.md", "paper_study.png"]
+
+
+# ------------------------------------------------------------------------------ configs, jsonl
+
+
+def test_configs_derive_from_the_paper_configs():
+  c = {m: ps.make_config(m, "resnet56", 2, CPU, "/data") for m in ps.METHODS}
+  assert [c[m].grad_transform for m in ps.METHODS] == ["none", "centralize", "clip", "znorm"]
+  assert c["clip"].grad_transform_params == "all" and c["clip"].clip_norm == 1.0
+  assert c["centralize"].grad_transform_params == "kernels"
+  for config in c.values():
+    assert (config.model, config.seed, config.data_dir) == ("resnet56", 2, "/data")
+    assert (config.num_epochs, config.train_split, config.eval_split) == (
+      4,
+      "train[:4096]",
+      "test[:2000]",
+    )
+    assert config.optimizer == "adam" and config.learning_rate == 1e-3
+    assert config.schedule == "cosine" and config.batch_size == 128
+    assert config.eval_every_steps == -1  # once per epoch
+  gpu = ps.PRESETS["gpu"]
+  assert (gpu.models, gpu.epochs, gpu.train_split, gpu.eval_split) == (
+    ("resnet56",),
+    200,
+    "train",
+    "test",
+  )
+
+
+def test_jsonl_append_survives_a_cut_line(tmp_path):
+  path = tmp_path / "r.jsonl"
+  ps.append_record(path, record(seed=0))
+  with open(path, "a") as f:
+    f.write('{"method": "adam", "se')  # a write cut by a kill
+  ps.append_record(path, record(seed=1))
+  assert [r["seed"] for r in ps.read_records(path)] == [0, 1]
+  assert ps.read_records(tmp_path / "absent.jsonl") == []
+
+
+# ------------------------------------------------------------------------------ the run loop
+
+
+class StubTrainer:
+  """Writes the metrics.jsonl (and config.json) a run would; stops early on request."""
+
+  def __init__(self, stop_after=None):
+    self.calls = []
+    self.stop_after = stop_after  # (model, method, seed, epoch) to stop at
+
+  def __call__(self, config, workdir):
+    key = (
+      config.model,
+      {"none": "adam"}.get(config.grad_transform, config.grad_transform),
+      config.seed,
+    )
+    self.calls.append(key)
+    os.makedirs(workdir, exist_ok=True)
+    Path(workdir, "config.json").write_text(config.to_json())
+    last = config.num_epochs
+    if self.stop_after and self.stop_after[:3] == key:
+      last = self.stop_after[3]
+    with open(Path(workdir, "metrics.jsonl"), "w") as f:
+      for e in range(1, last + 1):
+        acc = 0.1 * e + 0.01 * config.seed
+        f.write(
+          json.dumps(
+            {
+              "step": e * 3,
+              "epoch": float(e),
+              "train_loss": 2.0 / e,
+              "eval_accuracy": acc,
+              "images_per_second": 100.0,
+            }
+          )
+          + "\n"
+        )
+        # train.py's gradient diagnostics share metrics.jsonl (and steps) with the evaluations.
+        f.write(json.dumps({"kind": "diagnostics", "step": e * 3, "epoch": float(e)}) + "\n")
+
+
+def test_run_loop_order_skip_and_report(tmp_path):
+  stub = StubTrainer()
+  kwargs = dict(
+    workdir_root=tmp_path / "runs",
+    results_dir=tmp_path / "res",
+    trainer=stub,
+    log=lambda s: None,
+    models=("resnet20", "resnet56"),
+    seeds=(0, 1),
+  )
+  new = ps.run_study(CPU, max_runs=5, **kwargs)
+  assert stub.calls == [("resnet20", m, 0) for m in ps.METHODS] + [("resnet20", "adam", 1)]
+  assert len(new) == 5
+  recs = ps.read_records(tmp_path / "res" / "paper_study.jsonl")
+  assert recs == new
+  r = recs[0]
+  assert (r["method"], r["seed"], r["model"], r["budget"], r["epochs"]) == (
+    "adam",
+    0,
+    "resnet20",
+    "cpu",
+    4,
+  )
+  assert (r["train_split"], r["eval_split"], r["steps"]) == ("train[:4096]", "test[:2000]", 12)
+  assert r["epoch_accuracies"] == pytest.approx([0.1, 0.2, 0.3, 0.4])
+  assert r["final_accuracy"] == pytest.approx(0.4) and r["best_accuracy"] == r["final_accuracy"]
+  assert r["eval_epochs"] == [1.0, 2.0, 3.0, 4.0] and r["wall_time_s"] >= 0
+  assert r["config"]["grad_transform"] == "none"
+  assert Path(r["workdir"]) == tmp_path / "runs" / "cpu" / "resnet20" / "adam" / "seed0"
+  md = (tmp_path / "res" / "paper_study.md").read_text()
+  assert "19 of 24 planned runs are not recorded yet" in md  # preset seeds 0,1,2 expected
+  assert (tmp_path / "res" / "paper_study.png").is_file()
+
+  # A second sitting skips the 5 recorded runs: the rest of seed 1, then the next model.
+  stub.calls.clear()
+  new = ps.run_study(CPU, **{**kwargs, "max_runs": 4})
+  assert stub.calls == [("resnet20", m, 1) for m in ps.METHODS[1:]] + [("resnet56", "adam", 0)]
+  assert len(ps.read_records(tmp_path / "res" / "paper_study.jsonl")) == 9
+  stub.calls.clear()
+  assert ps.run_study(CPU, **{**kwargs, "models": ("resnet20",)}) == [] and stub.calls == []
+
+
+def test_interrupted_run_is_not_recorded_and_stops_the_loop(tmp_path):
+  stub = StubTrainer(stop_after=("resnet20", "clip", 0, 2))
+  kwargs = dict(
+    workdir_root=tmp_path / "runs",
+    results_dir=tmp_path / "res",
+    log=lambda s: None,
+    models=("resnet20",),
+    seeds=(0,),
+  )
+  new = ps.run_study(CPU, trainer=stub, **kwargs)
+  assert [r["method"] for r in new] == ["adam", "centralize"]
+  assert stub.calls[-1] == ("resnet20", "clip", 0)
+  # The next sitting resumes with the interrupted run.
+  new = ps.run_study(CPU, trainer=StubTrainer(), **kwargs)
+  assert [r["method"] for r in new] == ["clip", "znorm"]
+
+
+def test_workdir_of_another_preset_is_refused(tmp_path):
+  kwargs = dict(
+    workdir_root=tmp_path / "runs",
+    results_dir=tmp_path / "res",
+    log=lambda s: None,
+    models=("resnet20",),
+    seeds=(0,),
+    methods=("adam",),
+  )
+  ps.run_study(CPU, trainer=StubTrainer(), **kwargs)
+  (tmp_path / "res" / "paper_study.jsonl").unlink()
+  other = ps.Preset(
+    name="cpu", models=("resnet20",), epochs=9, train_split="train[:4096]", eval_split="test[:2000]"
+  )
+  with pytest.raises(SystemExit, match="num_epochs=4 \\(now 9\\)"):
+    ps.run_study(other, trainer=StubTrainer(), **kwargs)
+
+
+def test_cli_report_only(tmp_path, capsys):
+  res = tmp_path / "res"
+  for r in [record(seed=s, method=m) for s in (0, 1) for m in ps.METHODS]:
+    ps.append_record(res / "paper_study.jsonl", r)
+  assert ps.main(["--budget", "cpu", "--results", str(res), "--report_only"]) == []
+  assert "paper_study.png" in capsys.readouterr().out
+  assert "| resnet20 | znorm | 2 |" in (res / "paper_study.md").read_text()
+  with pytest.raises(SystemExit):
+    ps.main(["--budget", "cpu", "--methods", "adam,sgd", "--report_only"])
+
+
+# ------------------------------------------------------------------------------ a real tiny run
+
+
+@pytest.mark.slow  # ~10 s on 2 idle cores (compiles a narrow ResNet-20)
+def test_tiny_end_to_end_run_under_mock_data(tmp_path):
+  import tensorflow_datasets as tfds
+
+  with tfds.testing.mock_data(num_examples=32):
+    new = ps.main(
+      [
+        "--budget",
+        "test",
+        "--methods",
+        "znorm",
+        "--workdir_root",
+        str(tmp_path / "runs"),
+        "--results",
+        str(tmp_path / "res"),
+      ]
+    )
+  assert len(new) == 1
+  r = new[0]
+  assert (r["method"], r["model"], r["budget"], r["steps"]) == ("znorm", "resnet20", "test", 4)
+  assert r["eval_epochs"] == [1.0, 2.0] and len(r["epoch_accuracies"]) == 2
+  assert 0.0 <= r["final_accuracy"] <= r["best_accuracy"] <= 1.0
+  assert ps.read_records(tmp_path / "res" / "paper_study.jsonl") == new
+  assert (tmp_path / "res" / "paper_study.png").is_file()
