@@ -9,10 +9,15 @@ device, averages the gradients with `lax.pmean` before the optimizer and synchro
 The step only uses an axis name and explicit collectives, so it maps as well with `jax.shard_map`.
 
 Outputs in WORKDIR: `metrics.jsonl` (one line per evaluation), TensorBoard events, `config.json`
-and Orbax checkpoints in `checkpoints/`. Re-running the same command resumes from the last complete
-checkpoint (`Resumed from step N`) and ends with the same parameters and metrics as an uninterrupted
-run: everything random derives from (seed, step) and the data order of epoch e from (seed, e).
-SIGTERM saves a checkpoint at the next step boundary and exits cleanly.
+and Orbax checkpoints in `checkpoints/`.  With `--config.diagnostics_every_steps=N` metrics.jsonl
+also gets a `{"kind": "diagnostics", ...}` line at step 1 and every N steps: per-layer gradient
+statistics before and after the gradient transform, and the skip/branch split of the gradient at
+every residual block input (see `diagnostics_row`); evaluation lines have no "kind" key.
+
+Re-running the same command resumes from the last complete checkpoint (`Resumed from step N`)
+and ends with the same parameters and metrics as an uninterrupted run: everything random derives
+from (seed, step) and the data order of epoch e from (seed, e).  SIGTERM saves a checkpoint at the
+next step boundary and exits cleanly.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import ml_collections
 import numpy as np
 import optax
 from flax import struct
+from flax.traverse_util import flatten_dict
 from jax import lax
 
 import input_pipeline as ip
@@ -92,11 +98,16 @@ def local_devices(config: ml_collections.ConfigDict) -> list:
 
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int):
-    """The flax module named by `config.model`, with synchronized BatchNorm over AXIS_NAME."""
+    """The flax module named by `config.model`, with synchronized BatchNorm over AXIS_NAME.
+
+    Every dataset here has 32x32 images, so the ImageNet-style models (resnet18..152) get the
+    CIFAR stem (3x3/1 convolution, no max-pool) instead of their 7x7/2 convolution and pool,
+    which would leave an 8x8 map for the first stage.
+    """
     import models
 
     _one_of("model", config.model, models.MODEL_NAMES)
-    kwargs = {}
+    kwargs = {"stem": "cifar"}
     if config.model_widths:
         kwargs["widths"] = tuple(config.model_widths)
     return models.create_model(
@@ -137,6 +148,11 @@ def create_learning_rate_schedule(
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
 
 
+def diagnostics_every(config: ml_collections.ConfigDict) -> int:
+    """`config.diagnostics_every_steps` (0, i.e. off, for configs that predate the field)."""
+    return int(config.get("diagnostics_every_steps", 0) or 0)
+
+
 def create_optimizer(
     config: ml_collections.ConfigDict, total_steps: int
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -145,6 +161,11 @@ def create_optimizer(
     The gradient transform comes from `znorm_optax.gradient_transform(config.grad_transform)`,
     restricted to kernels when `grad_transform_params == 'kernels'`; weight decay always applies
     to kernels only (decoupled for adamw, an L2 term on the gradient for adam and sgd).
+
+    With diagnostics on (`diagnostics_every_steps > 0`) the chain is `(gradient_stats,
+    transform, gradient_stats, base)`: the statistics of the raw (pmean'ed) gradients and of the
+    transformed updates land in the optimizer state (see `gradient_stats_of`) and the updates
+    are unchanged.  With diagnostics off the chain is exactly `(transform, base)`.
     """
     import znorm_optax as zo
 
@@ -180,7 +201,20 @@ def create_optimizer(
             base = optax.sgd(schedule, momentum=momentum, nesterov=config.nesterov)
         if wd:
             base = optax.chain(optax.add_decayed_weights(wd, mask=zo.masks.kernels_only), base)
+    if diagnostics_every(config) > 0:
+        return optax.chain(zo.gradient_stats(), transform, zo.gradient_stats(), base), schedule
     return optax.chain(transform, base), schedule
+
+
+def gradient_stats_of(opt_state) -> tuple[Any, Any] | None:
+    """`(gradient, update)`: the `znorm_optax.GradientStatsState`s of the last step's raw
+    gradients and of the gradient transform's output, or None when diagnostics are off."""
+    import znorm_optax as zo
+
+    if not isinstance(opt_state, tuple) or isinstance(opt_state, zo.GradientStatsState):
+        return None
+    stats = [s for s in opt_state if isinstance(s, zo.GradientStatsState)]
+    return (stats[0], stats[1]) if stats else None
 
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -204,6 +238,10 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
             )
     if config.num_train_steps == 0 or (config.num_train_steps < 0 and config.num_epochs <= 0):
         raise ValueError("nothing to train: set num_train_steps > 0 or num_epochs > 0")
+    if diagnostics_every(config) < 0:
+        raise ValueError(
+            f"diagnostics_every_steps={config.diagnostics_every_steps} must be >= 0 (0 = off)"
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -241,17 +279,8 @@ def train_step(
       The new state (identical on every device) and the global batch's mean ``loss`` and
       ``accuracy``.
     """
-    per_device = images.shape[0]
-    if augment:
-        global_batch = per_device * lax.psum(1, axis_name)
-        key = jax.random.fold_in(jax.random.key(seed), state.step)
-        offsets, flips = ip.augmentation_params(key, global_batch)
-        images = ip.augment(
-            images,
-            ip.device_slice(offsets, per_device, axis_name),
-            ip.device_slice(flips, per_device, axis_name),
-        )
-    x = ip.normalize(images, mean, std, dtype)
+    x = _train_inputs(state.step, images, seed=seed, mean=mean, std=std, dtype=dtype,
+                      augment=augment, axis_name=axis_name)
 
     def loss_fn(params):
         logits, new_vars = apply_fn(
@@ -276,6 +305,124 @@ def train_step(
         step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
     )
     return new_state, metrics
+
+
+def _train_inputs(step, images, *, seed, mean, std, dtype, augment, axis_name):
+    """The model input of the train step at `step`: augmented (as keyed by (seed, step)) and
+    normalized."""
+    per_device = images.shape[0]
+    if augment:
+        global_batch = per_device * lax.psum(1, axis_name)
+        key = jax.random.fold_in(jax.random.key(seed), step)
+        offsets, flips = ip.augmentation_params(key, global_batch)
+        images = ip.augment(
+            images,
+            ip.device_slice(offsets, per_device, axis_name),
+            ip.device_slice(flips, per_device, axis_name),
+        )
+    return ip.normalize(images, mean, std, dtype)
+
+
+def diagnostic_step(
+    state: TrainState,
+    images: jax.Array,
+    labels: jax.Array,
+    *,
+    model,
+    seed: int,
+    mean,
+    std,
+    dtype=jnp.float32,
+    augment: bool = True,
+    axis_name: str = AXIS_NAME,
+) -> dict:
+    """The skip/branch split of dL/dx at every residual block input, over the global batch.
+
+    Takes the arguments `train_step` takes for the same step (same augmentation, BatchNorm in
+    train mode), so it measures the gradient of the step's update.  Exact: each device gets its
+    slice of dL/dx for the global mean loss L from `models.block_input_grads` (under pmap the
+    gradient of the per-device loss through the synchronized BatchNorm is that of the sum of
+    the per-device losses: hence the division by the device count), and the norms and dot
+    products are summed over the devices.
+
+    Returns:
+      ``{block path: {"skip_norm", "branch_norm", "total_norm", "cosine"}}`` as float32
+      scalars, identical on every device (sorted keys; `models.block_names` gives the forward
+      order).
+    """
+    import models
+
+    x = _train_inputs(state.step, images, seed=seed, mean=mean, std=std, dtype=dtype,
+                      augment=augment, axis_name=axis_name)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    grads = models.block_input_grads(model, variables, x, labels, train=True)
+    n = lax.psum(1, axis_name)
+    out = {}
+    for path, g in grads.items():
+        skip = g[models.overlap.SKIP].astype(jnp.float32) / n
+        branch = g[models.overlap.BRANCH].astype(jnp.float32) / n
+        total = skip + branch
+        ss, bb, sb, tt = lax.psum(
+            (jnp.vdot(skip, skip), jnp.vdot(branch, branch), jnp.vdot(skip, branch),
+             jnp.vdot(total, total)),
+            axis_name,
+        )
+        denom = jnp.sqrt(ss * bb)
+        cosine = jnp.where(denom > 0, sb / jnp.where(denom > 0, denom, 1.0), 0.0)
+        out[path] = {
+            "skip_norm": jnp.sqrt(ss),
+            "branch_norm": jnp.sqrt(bb),
+            "total_norm": jnp.sqrt(tt),
+            "cosine": jnp.clip(cosine, -1.0, 1.0),
+        }
+    return out
+
+
+def param_paths(model, image_shape) -> tuple[str, ...]:
+    """'/'-joined paths of the model's parameters in forward (creation) order (no FLOPs)."""
+    paths = []
+
+    def init(x):
+        variables = model.init(jax.random.key(0), x, train=False)
+        paths.extend("/".join(p) for p in flatten_dict(variables["params"]))  # creation order
+        return variables
+
+    jax.eval_shape(init, jnp.zeros((1, *image_shape), jnp.float32))
+    return tuple(paths)
+
+
+_LAYER_STATS = ("norm", "mean", "std")
+SPLIT_STATS = ("skip_norm", "branch_norm", "total_norm", "cosine")
+
+
+def diagnostics_row(step: int, epoch: float, layer_order, block_order, stats, split) -> dict:
+    """The metrics.jsonl line of a diagnostic step (plain floats, layers and blocks in forward
+    order).
+
+    Args:
+      step: the number of updates done; the statistics are those of the gradient of the last
+        one (computed at the parameters after ``step - 1`` updates, on the batch of that step).
+      epoch: ``step / steps_per_epoch``.
+      layer_order, block_order: '/'-joined parameter and block paths in forward order.
+      stats: `gradient_stats_of` the (unreplicated) optimizer state after the step.
+      split: the (unreplicated) output of `diagnostic_step` for that step.
+
+    Returns:
+      ``{"kind": "diagnostics", "step", "epoch", "layers": {param path: {"grad_norm",
+      "grad_mean", "grad_std", "update_norm", "update_mean", "update_std"}}, "blocks":
+      {block path: {"skip_norm", "branch_norm", "total_norm", "cosine"}}}`` where ``grad_*``
+      describe the pmean'ed gradient and ``update_*`` the output of the gradient transform
+      (the input of the base optimizer).  `train.py` adds ``"seconds"``: the host time the
+      diagnostics of that step took (the first includes compiling).
+    """
+    layers = {path: {} for path in layer_order}
+    for prefix, state in zip(("grad", "update"), stats, strict=True):
+        for stat in _LAYER_STATS:
+            for key, value in flatten_dict(getattr(state, stat)).items():
+                layers["/".join(key)][f"{prefix}_{stat}"] = float(value)
+    blocks = {name: {k: float(split[name][k]) for k in SPLIT_STATS} for name in block_order}
+    return {"kind": "diagnostics", "step": step, "epoch": epoch, "layers": layers,
+            "blocks": blocks}
 
 
 def eval_step(
@@ -343,13 +490,34 @@ def _checkpoint_manager(workdir: str, keep: int, read_only: bool = False):
     return ocp.CheckpointManager(os.path.join(workdir, CHECKPOINT_DIR), options=options)
 
 
+def _saved_opt_state(opt_state):
+    """The optimizer state as checkpointed: without the `gradient_stats` entries that
+    diagnostics add, so checkpoints are the same with diagnostics on and off (a run can
+    switch them on or off when it resumes)."""
+    import znorm_optax as zo
+
+    if gradient_stats_of(opt_state) is None:
+        return opt_state
+    return tuple(s for s in opt_state if not isinstance(s, zo.GradientStatsState))
+
+
+def _with_stats(saved_opt_state, like):
+    """Puts the `gradient_stats` entries of `like` (diagnostics on) back into a saved state."""
+    import znorm_optax as zo
+
+    if gradient_stats_of(like) is None:
+        return saved_opt_state
+    rest = iter(saved_opt_state)
+    return tuple(s if isinstance(s, zo.GradientStatsState) else next(rest) for s in like)
+
+
 def _checkpoint_item(state: TrainState, train_sums: np.ndarray) -> dict:
     return {
         "state": {
             "step": state.step,
             "params": state.params,
             "batch_stats": state.batch_stats,
-            "opt_state": state.opt_state,
+            "opt_state": _saved_opt_state(state.opt_state),
         },
         # float64 sums of the per-step train loss/accuracy since the last evaluation, and the
         # number of steps: the next metrics line after a resume is the same as without one.
@@ -360,8 +528,9 @@ def _checkpoint_item(state: TrainState, train_sums: np.ndarray) -> dict:
 def _from_checkpoint_item(item: dict, like: TrainState) -> tuple[TrainState, np.ndarray]:
     s = item["state"]
     opt_state = jax.tree.unflatten(
-        jax.tree.structure(like.opt_state), jax.tree.leaves(s["opt_state"])
+        jax.tree.structure(_saved_opt_state(like.opt_state)), jax.tree.leaves(s["opt_state"])
     )
+    opt_state = _with_stats(opt_state, like.opt_state)
     state = TrainState(
         step=np.asarray(s["step"]), params=s["params"], batch_stats=s["batch_stats"],
         opt_state=opt_state,
@@ -569,6 +738,23 @@ def _train_and_evaluate(config, workdir, preemption: _Preemption) -> TrainState:
     p_eval_step = jax.pmap(
         functools.partial(eval_step, **common), axis_name=AXIS_NAME, devices=devices
     )
+    diag_every = diagnostics_every(config)
+    if diag_every:  # compiled only when diagnostics are on
+        p_diagnostic_step = jax.pmap(
+            functools.partial(
+                diagnostic_step, model=model, seed=config.seed, augment=config.augment,
+                mean=spec.mean, std=spec.std, dtype=dtype,
+            ),
+            axis_name=AXIS_NAME,
+            devices=devices,
+        )
+        import models
+
+        layer_order = param_paths(model, train_images.shape[1:])
+        block_order = models.block_names(
+            model, {"params": state.params, "batch_stats": state.batch_stats},
+            np.zeros((1, *train_images.shape[1:]), np.float32),
+        )
 
     mesh = jax.sharding.Mesh(np.asarray(devices), (AXIS_NAME,))
     sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS_NAME))
@@ -596,7 +782,8 @@ def _train_and_evaluate(config, workdir, preemption: _Preemption) -> TrainState:
         return {"eval_loss": sums[0] / sums[2], "eval_accuracy": sums[1] / sums[2]}
 
     def save(step: int, r_state) -> None:
-        host_state = unreplicate(r_state)
+        # Without the diagnostics' statistics: fewer leaves to fetch, and they are not saved.
+        host_state = unreplicate(r_state.replace(opt_state=_saved_opt_state(r_state.opt_state)))
         mngr.save(step, args=ocp.args.StandardSave(_checkpoint_item(host_state, train_sums)))
         mngr.wait_until_finished()
 
@@ -621,9 +808,16 @@ def _train_and_evaluate(config, workdir, preemption: _Preemption) -> TrainState:
     while step < total_steps and not preemption.requested:
         idx = ip.train_batch_indices(config.seed, step, n_train, batch_size)
         idx = ip.host_slice(idx, proc, n_procs)
-        r_state, metrics = p_train_step(
-            r_state, to_devices(train_images[idx]), to_devices(train_labels[idx])
-        )
+        d_images, d_labels = to_devices(train_images[idx]), to_devices(train_labels[idx])
+        split = None
+        if diag_every and (step + 1 == 1 or (step + 1) % diag_every == 0):
+            # The block split of this step's gradient, before the step donates the state.
+            jax.block_until_ready(r_state)  # the steps in flight are training time
+            t0 = time.time()
+            split = jax.block_until_ready(p_diagnostic_step(r_state, d_images, d_labels))
+            diag_seconds = time.time() - t0
+            t_mark += diag_seconds  # diagnostics are not training time
+        r_state, metrics = p_train_step(r_state, d_images, d_labels)
         pending.append(metrics)
         if step == start_step:  # the first step compiles: start the clock after it
             jax.block_until_ready(metrics)
@@ -632,6 +826,27 @@ def _train_and_evaluate(config, workdir, preemption: _Preemption) -> TrainState:
             images_seen += batch_size
         step += 1
         pbar.update(1)
+
+        if split is not None:
+            jax.block_until_ready(metrics)  # the step itself is training time
+            t0 = time.time()
+            row = diagnostics_row(
+                step, step / steps_per_epoch, layer_order, block_order,
+                *[jax.tree.map(lambda x: x[0], t)  # one device_get, not a gather per leaf
+                  for t in jax.device_get((gradient_stats_of(r_state.opt_state), split))],
+            )
+            diag_seconds += time.time() - t0
+            row["seconds"] = diag_seconds  # the first one includes compiling
+            if host0:
+                _append_metrics(metrics_path, row)
+                for path, stats in row["layers"].items():
+                    for name, value in stats.items():
+                        writer.add_scalar(f"{name}/{path}", value, step)
+                for block, stats in row["blocks"].items():
+                    for name, value in stats.items():
+                        writer.add_scalar(f"overlap/{block}/{name}", value, step)
+                writer.flush()
+            t_mark += time.time() - t0
 
         if step % config.log_every_steps == 0 or step == total_steps:
             flush_pending()

@@ -56,5 +56,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_every_steps = -1  # -1 = once per epoch (and always at the end)
     config.checkpoint_every_steps = -1  # -1 = once per epoch (and always at the end)
     config.keep_checkpoints = 3
+    # Gradient diagnostics (issue 7): 0 = off (the optimizer, its state and the train step are
+    # then exactly as without the feature).  N > 0: at step 1 and every N steps, a line
+    # {"kind": "diagnostics", "step", "epoch", "layers", "blocks", "seconds"} in metrics.jsonl
+    # and TensorBoard scalars: per parameter, L2 norm / mean / std of the pmean'ed gradient
+    # (grad_*) and of the gradient transform's output (update_*), and per residual block the
+    # skip/branch split of dL/d(block input) (skip_norm, branch_norm, total_norm, cosine).
+    # Costs two small reductions per parameter every step, and one extra forward and backward
+    # pass on diagnostic steps.
+    config.diagnostics_every_steps = 0
 
     return config

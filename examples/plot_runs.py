@@ -8,9 +8,11 @@ Usage::
 Each workdir must hold ``metrics.jsonl``: one JSON object per line, one line per
 evaluation, with at least ``step``, ``epoch``, ``train_loss``, ``train_accuracy``,
 ``eval_loss`` and ``eval_accuracy`` (accuracies as fractions in [0, 1]).  Extra
-keys are ignored.  A truncated last line (a run killed mid-write) is skipped; a
-malformed line anywhere else is an error.  If a resumed run logged a step twice,
-the later record wins.
+keys are ignored.  Lines with a ``kind`` other than "evaluation" (the
+``{"kind": "diagnostics", ...}`` lines of ``--config.diagnostics_every_steps``)
+are not evaluations and are left out.  A truncated last line (a run killed
+mid-write) is skipped; a malformed line anywhere else is an error.  If a resumed
+run logged a step twice, the later record wins.
 
 The figure has two panels, accuracy (in %) and loss, against ``--x``; each run
 gets one colour, train curves are dashed and eval curves solid.  The legend
@@ -32,6 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 METRICS_FILE = "metrics.jsonl"
+EVALUATION = "evaluation"  # the kind of the lines without a "kind" key
 X_KEYS = ("step", "epoch")
 # (panel title, y label, train key, eval key, scale)
 PANELS = (
@@ -40,10 +43,15 @@ PANELS = (
 )
 
 
-def load_metrics(workdir: str | os.PathLike) -> list[dict]:
-  """The records of ``workdir/metrics.jsonl``, in file order.
+def load_metrics(workdir: str | os.PathLike, kind: str = EVALUATION) -> list[dict]:
+  """The records of ``workdir/metrics.jsonl`` of one kind, in file order.
 
   Blank lines and an unparsable *last* line (a truncated write) are skipped.
+
+  Args:
+    workdir: a ``train.py`` workdir.
+    kind: "evaluation" (the default: the lines without a ``kind`` key, as train.py
+      writes one per evaluation) or another ``kind`` value, e.g. "diagnostics".
 
   Raises:
     FileNotFoundError: ``workdir`` has no ``metrics.jsonl``; the message names the path.
@@ -66,7 +74,8 @@ def load_metrics(workdir: str | os.PathLike) -> list[dict]:
       raise ValueError(f"{path}:{i + 1}: not valid JSON ({e.msg})") from e
     if not isinstance(record, dict):
       raise ValueError(f"{path}:{i + 1}: expected a JSON object, got {record!r}")
-    records.append(record)
+    if record.get("kind", EVALUATION) == kind:
+      records.append(record)
   return records
 
 

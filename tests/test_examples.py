@@ -213,3 +213,105 @@ def test_missing_metrics_file_exits_naming_the_path(pr, workdirs, tmp_path):
 def test_label_count_mismatch_exits(pr, workdirs, tmp_path):
   with pytest.raises(SystemExit, match="labels"):
     pr.main([*map(str, workdirs), "--out", str(tmp_path / "x.png"), "--labels", "only_one"])
+
+
+# --------------------------------------------------------------------------- overlap_report
+
+
+@pytest.fixture(scope="module")
+def ovr():
+  return _load("overlap_report")
+
+
+def _diag_record(step, transform, n_blocks=4):
+  """A train.py diagnostics line: raw gradients shrink with depth; at step 1 both runs agree."""
+  blocks = [f"stage{1 + i // 2}_block{i % 2}" for i in range(n_blocks)]
+  paths = ["stem_conv/kernel", "stem_bn/scale", "stem_bn/bias"]
+  paths += [f"{b}/conv{c}/kernel" for b in blocks for c in (1, 2)]
+  paths += ["head/kernel", "head/bias"]
+  drift = 1.0 if step == 1 else 1.0 + step / (100 if transform == "znorm" else 50)
+  layers = {}
+  for i, path in enumerate(paths):
+    std = 10.0 ** (-1 - 2 * i / len(paths)) * drift
+    u_std = 1.0 if transform == "znorm" and path.endswith("kernel") else std
+    layers[path] = {
+      "grad_norm": 30 * std,
+      "grad_mean": 0.0,
+      "grad_std": std,
+      "update_norm": 30 * u_std,
+      "update_mean": 0.0,
+      "update_std": u_std,
+    }
+  split = {
+    b: {
+      "skip_norm": 0.1 / (i + 1),
+      "branch_norm": 0.05 * drift,
+      "total_norm": 0.12 / (i + 1),
+      "cosine": 0.1 * (-1) ** i * drift,
+    }
+    for i, b in enumerate(blocks)
+  }
+  return {
+    "kind": "diagnostics",
+    "step": step,
+    "epoch": step / 10,
+    "layers": layers,
+    "blocks": split,
+    "seconds": 0.1,
+  }
+
+
+@pytest.fixture
+def overlap_runs(tmp_path):
+  """OUTDIR/runs/{none,znorm} as train.py leaves them: diagnostics lines among evaluations."""
+  outdir = tmp_path / "report"
+  for name in ("none", "znorm"):
+    records = [_diag_record(1, name), _diag_record(10, name), _record(10)]
+    records += [_diag_record(20, name), _record(20)]
+    _write_workdir(outdir / "runs" / name, records)
+  return outdir
+
+
+def test_load_metrics_keeps_evaluations_apart_from_diagnostics(pr, ovr, overlap_runs):
+  workdir = overlap_runs / "runs" / "znorm"
+  evals = pr.load_metrics(workdir)
+  assert [r["step"] for r in evals] == [10, 20] and all("kind" not in r for r in evals)
+  assert pr.curve(evals, "step", "eval_accuracy")[0] == [10, 20]
+  diags = pr.load_metrics(workdir, kind="diagnostics")
+  assert [r["step"] for r in diags] == [1, 10, 20]
+  assert [r["step"] for r in ovr.load_diagnostics(workdir)] == [1, 10, 20]
+
+
+def test_short_names(ovr):
+  assert ovr.short_name("stage2_block3/conv1/kernel") == "2.3.conv1"
+  assert ovr.short_name("stage3_block0") == "3.0"
+  assert ovr.short_name("stem_conv/kernel") == "stem"
+  assert ovr.short_name("head/kernel") == "head"
+
+
+def test_overlap_report_plots(ovr, overlap_runs, tmp_path):
+  runs = {n: ovr.load_diagnostics(overlap_runs / "runs" / n) for n in ovr.RUNS}
+  _assert_png(ovr.plot_gradient_scale(runs, tmp_path / "a" / ovr.SCALE_PNG))
+  _assert_png(ovr.plot_overlap_split(runs, tmp_path / "a" / ovr.SPLIT_PNG))
+  # One logged step, and first steps that differ between runs, also plot.
+  _assert_png(ovr.plot_gradient_scale({"znorm": runs["znorm"][-1:]}, tmp_path / "one.png"))
+  other = {"none": runs["none"][1:], "znorm": runs["znorm"]}
+  _assert_png(ovr.plot_overlap_split(other, tmp_path / "differ.png"))
+  lines = ovr.summarize(runs)
+  assert len(lines) == 2 and "(update 1)" in lines[1] and "step 20" in lines[0]
+
+
+def test_overlap_report_main_plot_only(ovr, overlap_runs, capsys):
+  written = ovr.main(["--outdir", str(overlap_runs), "--plot_only"])
+  assert written == [overlap_runs / ovr.SCALE_PNG, overlap_runs / ovr.SPLIT_PNG]
+  for path in written:
+    _assert_png(path)
+  out = capsys.readouterr().out
+  assert f"wrote {written[0]}" in out and "cosine mean" in out
+
+
+def test_overlap_report_without_diagnostics_is_a_clear_error(ovr, tmp_path):
+  for name in ("none", "znorm"):
+    _write_workdir(tmp_path / "runs" / name, [_record(10)])
+  with pytest.raises(SystemExit, match="no diagnostics lines"):
+    ovr.main(["--outdir", str(tmp_path), "--plot_only"])

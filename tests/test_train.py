@@ -460,3 +460,170 @@ def test_integration_resnet20_znorm_learns_real_cifar10(tmp_path):
     rows = read_metrics(tmp_path)
     assert rows[-1]["step"] == 150
     assert rows[-1]["eval_accuracy"] > 0.25, rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradient diagnostics (issue 7) and the CIFAR stem of the ImageNet-style models
+# ---------------------------------------------------------------------------------------------
+
+DIAG_EVERY = 4
+LAYER_STATS = ("grad_norm", "grad_mean", "grad_std", "update_norm", "update_mean", "update_std")
+SPLIT_STATS = ("skip_norm", "branch_norm", "total_norm", "cosine")
+TINY_BLOCKS = [f"stage{i}_block{j}" for i in (1, 2, 3) for j in range(3)]
+
+
+@pytest.fixture(scope="module")
+def diag_run(tmp_path_factory):
+    """The TINY run of ``runs["ref"]`` with diagnostics every 4 steps, in this process (one
+    checkpoint, at the end, saves time; checkpoints do not change a run)."""
+    workdir = tmp_path_factory.mktemp("diag")
+    config = tiny_config(diagnostics_every_steps=DIAG_EVERY, checkpoint_every_steps=12)
+    with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+        state = train.train_and_evaluate(config, str(workdir))
+    return workdir, state
+
+
+def diagnostic_rows(workdir):
+    return [r for r in read_metrics(workdir) if r.get("kind") == "diagnostics"]
+
+
+def test_optimizer_gets_gradient_stats_only_with_diagnostics_on():
+    params = {"dense": {"kernel": np.ones((3, 2), np.float32), "bias": np.ones(2, np.float32)}}
+    off, _ = train.create_optimizer(default.get_config(), 10)
+    on, _ = train.create_optimizer(tiny_config(diagnostics_every_steps=5), 10)
+    off_state, on_state = off.init(params), on.init(params)
+    assert len(off_state) == 2 and train.gradient_stats_of(off_state) is None
+    assert len(on_state) == 4 and len(train.gradient_stats_of(on_state)) == 2
+    assert train._saved_opt_state(on_state) == (on_state[1], on_state[3])
+    assert train._saved_opt_state(off_state) is off_state
+
+
+def test_negative_diagnostics_every_steps_is_a_clear_error(tmp_path):
+    config = tiny_config(diagnostics_every_steps=-1, data_dir=str(tmp_path / "no_data_here"))
+    with pytest.raises(ValueError, match="diagnostics_every_steps=-1 must be >= 0"):
+        train.train_and_evaluate(config, str(tmp_path / "work"))
+
+
+def test_diagnostics_lines_every_n_steps_in_forward_order(diag_run):
+    workdir, _ = diag_run
+    rows = diagnostic_rows(workdir)
+    assert [r["step"] for r in rows] == [1, 4, 8, 12]
+    model = train.create_model(tiny_config(), 10)
+    layers = list(train.param_paths(model, (32, 32, 3)))
+    assert layers[:3] == ["stem_conv/kernel", "stem_bn/scale", "stem_bn/bias"]
+    assert layers[-2:] == ["head/kernel", "head/bias"]
+    for r in rows:
+        assert set(r) == {"kind", "step", "epoch", "layers", "blocks", "seconds"}
+        assert r["epoch"] == r["step"] / 4 and r["seconds"] > 0
+        assert list(r["layers"]) == layers
+        assert list(r["blocks"]) == TINY_BLOCKS
+        for path, s in r["layers"].items():
+            assert list(s) == list(LAYER_STATS) and all(np.isfinite(v) for v in s.values())
+            assert s["grad_norm"] > 0
+            if path.endswith("kernel"):  # ZNorm'd: mean 0, std 1
+                assert abs(s["update_mean"]) < 1e-5
+                assert s["update_std"] == pytest.approx(1, rel=1e-4)
+            else:  # grad_transform_params=kernels: other leaves pass through
+                assert [s[f"update_{k}"] for k in ("norm", "mean", "std")] == [
+                    s[f"grad_{k}"] for k in ("norm", "mean", "std")]
+        for s in r["blocks"].values():
+            assert list(s) == list(SPLIT_STATS)
+            assert s["skip_norm"] > 0 and s["branch_norm"] > 0 and -1 <= s["cosine"] <= 1
+            # |s + b|^2 = |s|^2 + |b|^2 + 2 cos |s| |b|
+            expected = (s["skip_norm"] ** 2 + s["branch_norm"] ** 2
+                        + 2 * s["cosine"] * s["skip_norm"] * s["branch_norm"])
+            assert s["total_norm"] ** 2 == pytest.approx(expected, rel=1e-4)
+
+    events = [f for f in os.listdir(workdir) if "tfevents" in f]
+    data = (workdir / events[0]).read_bytes()  # the tags are plain bytes in the records
+    for tag in ("grad_norm/stem_conv/kernel", "update_std/head/kernel",
+                "overlap/stage3_block2/cosine", "overlap/stage1_block0/skip_norm"):
+        assert tag.encode() in data, tag
+
+
+def test_diagnostics_do_not_change_training_or_checkpoints(runs, diag_run):
+    workdir, state = diag_run
+    ref = load_npz(runs["base"] / "ref.npz")
+    got = flat_state(state)
+    for k in ref:
+        if k.startswith(("['params']", "['batch_stats']")):
+            np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
+    # Evaluation lines as without diagnostics; diagnostics off writes evaluation lines only.
+    ref_rows = read_metrics(runs["base"] / "ref")
+    assert all("kind" not in r for r in ref_rows)
+    evals = [r for r in read_metrics(workdir) if "kind" not in r]
+    assert [{k: r[k] for k in DETERMINISTIC_FIELDS} for r in evals] == [
+        {k: r[k] for k in DETERMINISTIC_FIELDS} for r in ref_rows]
+    # The checkpoint leaves the statistics out: it restores into a run without diagnostics.
+    config = tiny_config()
+    model = train.create_model(config, 10)
+    tx, _ = train.create_optimizer(config, 12)
+    like = train.initial_state(config, model, tx, (32, 32, 3))
+    restored = flat_state(train.restore_checkpoint(str(workdir), like)[0])
+    assert restored.keys() == ref.keys()
+    for k in ref:
+        np.testing.assert_array_equal(restored[k], ref[k], err_msg=k)
+
+
+def test_diagnostics_are_the_exact_gradients_of_the_step(diag_run):
+    """Step 1's line (4 devices) against one device over the whole global batch: the gradient
+    of the mean loss w.r.t. the parameters and the `models.block_gradient_split` at the block
+    inputs, recomputed independently of `train_step`, with NumPy statistics."""
+    import optax
+    from flax.traverse_util import flatten_dict
+
+    import models
+
+    workdir, _ = diag_run
+    row = diagnostic_rows(workdir)[0]
+    assert row["step"] == 1
+    config = tiny_config(num_devices=1)
+    model = train.create_model(config, 10)
+    tx, _ = train.create_optimizer(config, 12)
+    state = train.initial_state(config, model, tx, (32, 32, 3))
+    with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+        images, labels = ip.load_split("cifar10", "train")
+    idx = ip.train_batch_indices(config.seed, 0, len(images), config.batch_size)
+    offsets, flips = ip.augmentation_params(
+        jax.random.fold_in(jax.random.key(config.seed), 0), config.batch_size)
+    spec = ip.DATASETS["cifar10"]
+    x = ip.normalize(ip.augment(images[idx], offsets, flips), spec.mean, spec.std)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+
+    def recompute(variables, x, y):
+        def loss(params):
+            logits, _ = model.apply({**variables, "params": params}, x, train=True,
+                                    mutable=["batch_stats"])
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        return (jax.grad(loss)(variables["params"]),
+                models.block_gradient_split(model, variables, x, y))
+
+    one = jax.local_devices()[:1]
+    args = jax.tree.map(lambda a: np.asarray(a)[None], (variables, x, labels[idx]))
+    out = jax.pmap(recompute, axis_name=train.AXIS_NAME, devices=one)(*args)
+    grads, split = jax.tree.map(lambda a: np.asarray(a[0], np.float64), out)
+
+    grads = {"/".join(k): v for k, v in flatten_dict(grads).items()}
+    assert set(grads) == set(row["layers"])
+    for path, g in grads.items():
+        logged = row["layers"][path]
+        u = (g - g.mean()) / (g.std() + config.znorm_eps) if g.ndim >= 2 else g
+        for prefix, v in (("grad", g), ("update", u)):
+            scale = v.std() or abs(v).max()
+            assert logged[f"{prefix}_norm"] == pytest.approx(np.linalg.norm(v), rel=1e-4), path
+            assert logged[f"{prefix}_std"] == pytest.approx(v.std(), rel=1e-4), path
+            assert abs(logged[f"{prefix}_mean"] - v.mean()) <= 1e-4 * scale + 1e-9, path
+    for name in TINY_BLOCKS:
+        for stat in SPLIT_STATS[:3]:
+            assert row["blocks"][name][stat] == pytest.approx(split[name][stat], rel=1e-4)
+        assert row["blocks"][name]["cosine"] == pytest.approx(split[name]["cosine"], abs=1e-4)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnet20"])
+def test_models_get_the_cifar_stem_for_32x32_images(name):
+    model = train.create_model(tiny_config(model=name, model_widths=()), 10)
+    assert model.stem == "cifar"
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False),
+                            np.zeros((1, 32, 32, 3), np.float32))
+    assert shapes["params"]["stem_conv"]["kernel"].shape[:2] == (3, 3)  # not 7x7/2 + max-pool

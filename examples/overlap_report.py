@@ -1,0 +1,380 @@
+"""Gradient overlap in a real ResNet, with and without ZNorm (issue 7).
+
+Usage::
+
+    python examples/overlap_report.py --outdir DIR --data_dir D --steps N \\
+        [--model resnet20] [--every K] [--train_split train[:5000]] \\
+        [--eval_split test[:1000]] [--batch_size 128] [--seed 0]
+
+Trains ``--model`` twice with ``train.train_and_evaluate`` on CIFAR-10, Adam
+(lr 1e-3, cosine), same seed and data order, once on the raw gradients
+(``grad_transform=none``, workdir ``DIR/runs/none``) and once on ZNorm'd kernel
+gradients (``grad_transform=znorm``, ``DIR/runs/znorm``), with
+``diagnostics_every_steps=K``: at step 1 and every K steps train.py appends a
+``{"kind": "diagnostics", ...}`` line to ``metrics.jsonl`` (see ``train.py``).
+A workdir that already holds a finished run is only re-read (train.py resumes;
+use a fresh ``--outdir`` after changing ``--steps`` or ``--every``);
+``--plot_only`` re-plots existing runs without training.
+From those lines it writes two PNGs to ``DIR``:
+
+* ``gradient_scale.png``: per convolution/dense kernel in forward order (x), the
+  L2 norm and the standard deviation of the raw (pmean'ed) gradient and of the
+  update that leaves the gradient transform (for the ZNorm run: after ZNorm,
+  std 1 by construction), at the first and the last logged step, log scale;
+* ``overlap_split.png``: per residual block in forward order (x), the norms of
+  the two parts of dL/d(block input), through the skip path and through the
+  residual branch, and the cosine similarity of the two parts, for both runs at
+  the first and last logged step.
+
+It prints the paths it wrote and a few summary numbers.  The plotting functions
+take lists of diagnostics records and are importable::
+
+    from overlap_report import plot_gradient_scale, plot_overlap_split
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+for _path in (ROOT, ROOT / "examples"):  # `train`, `configs` and `plot_runs` (not packages)
+  if str(_path) not in sys.path:
+    sys.path.insert(0, str(_path))
+
+from plot_runs import load_metrics  # noqa: E402
+
+RUNS = ("none", "znorm")  # grad_transform of each run (and its workdir name)
+LABELS = {"none": "Adam", "znorm": "Adam + ZNorm"}
+COLORS = {"none": "C0", "znorm": "C3"}
+SCALE_PNG = "gradient_scale.png"
+SPLIT_PNG = "overlap_split.png"
+DIAGNOSTICS = "diagnostics"
+
+
+def load_diagnostics(workdir: str | Path) -> list[dict]:
+  """The diagnostics records of a train.py workdir, by step (a step logged twice keeps its
+  last record)."""
+  by_step = {r["step"]: r for r in load_metrics(workdir, kind=DIAGNOSTICS)}
+  return [by_step[s] for s in sorted(by_step)]
+
+
+def kernel_paths(record: Mapping) -> list[str]:
+  """The kernel parameters (convolutions and the dense head) of a record, in forward order."""
+  return [p for p in record["layers"] if p.endswith("kernel")]
+
+
+def short_name(path: str) -> str:
+  """A tick label: 'stage2_block3/conv1/kernel' -> '2.3.conv1', 'stem_conv/kernel' -> 'stem'."""
+  parts = path.split("/")
+  if parts[-1] in ("kernel", "bias", "scale"):
+    parts = parts[:-1]
+  if parts[0].startswith("stage") and "_block" in parts[0]:
+    stage, block = parts[0][len("stage") :].split("_block")
+    return ".".join([stage, block, *parts[1:]])
+  return {"stem_conv": "stem", "head": "head"}.get("/".join(parts), "/".join(parts))
+
+
+def _curves(runs: Mapping[str, Sequence[dict]]) -> list[tuple[str, dict, dict]]:
+  """(run name or "", record, line style) of what to draw: each run's last logged step in its
+  colour, and its first step dashed; a first step whose raw gradients all runs share (same
+  seed, same initialization: step 1) is drawn once, in grey, with run name ""."""
+  firsts = [records[0] for records in runs.values()]
+  shared = len(runs) > 1 and len({_raw_gradients(f) for f in firsts}) == 1
+  curves = []
+  if shared:
+    curves.append(("", firsts[0], {"color": "0.55", "ls": "--"}))
+  for name, records in runs.items():
+    color = COLORS.get(name, "C2")
+    if not shared and len(records) > 1:
+      curves.append((name, records[0], {"color": color, "ls": "--"}))
+    curves.append((name, records[-1], {"color": color, "ls": "-"}))
+  return curves
+
+
+def _raw_gradients(record: Mapping) -> str:
+  """What a record says of the raw gradients (all but the update statistics), as a key."""
+  layers = {
+    p: {k: v for k, v in s.items() if k.startswith("grad_")} for p, s in record["layers"].items()
+  }
+  return json.dumps([record["step"], layers, record["blocks"]])
+
+
+def _step_handles(runs: Mapping[str, Sequence[dict]]) -> list:
+  from matplotlib.lines import Line2D
+
+  curves = _curves(runs)
+  first, last = curves[0][1]["step"], curves[-1][1]["step"]
+  if curves[0][0] == "":
+    return [Line2D([], [], color="0.55", ls="--", label=f"step {first} (all runs: same init)")]
+  if first == last:
+    return []
+  return [
+    Line2D([], [], color="0.3", ls="--", label=f"step {first}"),
+    Line2D([], [], color="0.3", ls="-", label=f"step {last}"),
+  ]
+
+
+def _figure():
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  return plt
+
+
+def _set_ticks(ax, names: Sequence[str]) -> None:
+  ax.set_xticks(range(len(names)))
+  ax.set_xticklabels(names, rotation=90, fontsize=7 if len(names) <= 40 else 5)
+  ax.set_xlim(-0.5, len(names) - 0.5)
+  ax.grid(alpha=0.3)
+
+
+def _plain_log_ticks(ax) -> None:
+  """Log-scale tick labels as plain numbers (0.3, 2) rather than 3x10^-1."""
+  from matplotlib.ticker import FuncFormatter
+
+  fmt = FuncFormatter(lambda v, _: f"{v:.3g}")
+  ax.yaxis.set_major_formatter(fmt)
+  ax.yaxis.set_minor_formatter(fmt)
+  ax.tick_params(axis="y", which="minor", labelsize=7)
+
+
+def _finish(fig, title: str | None) -> None:
+  if title:
+    fig.suptitle(title, fontsize=11)
+  fig.tight_layout()
+
+
+def plot_gradient_scale(
+  runs: Mapping[str, Sequence[dict]], out: str | Path, title: str | None = None
+) -> Path:
+  """Per-kernel L2 norm of the raw gradient, and std of the raw gradient and of the update.
+
+  The update is the gradient transform's output (the base optimizer's input); for
+  grad_transform=none it is the raw gradient and is not drawn again.  The L2 norm of a ZNorm'd
+  update is sqrt(size) by construction and is not drawn either.
+
+  Args:
+    runs: {grad_transform name ("none", "znorm", ...): its diagnostics records by step}.
+    out: the PNG to write (parent folders are created).
+    title: a title over the panels.
+  """
+  plt = _figure()
+  from matplotlib.lines import Line2D
+
+  paths = kernel_paths(next(iter(runs.values()))[0])
+  xs = range(len(paths))
+  fig, axes = plt.subplots(1, 2, figsize=(14, 5.2), sharex=True)
+  for _, record, style in _curves(runs):
+    layers = [record["layers"][p] for p in paths]
+    axes[0].plot(xs, [s["grad_norm"] for s in layers], marker="o", ms=3, lw=1.4, **style)
+    axes[1].plot(xs, [s["grad_std"] for s in layers], marker="o", ms=3, lw=1.4, **style)
+  for name, records in runs.items():  # the updates (= the raw gradients for "none")
+    if name != "none":
+      for record, ls in ((records[0], "--"), (records[-1], "-"))[-len(records) :]:
+        ys = [record["layers"][p]["update_std"] for p in paths]
+        axes[1].plot(xs, ys, color="C2", ls=ls, marker="s", ms=3, lw=1.4)
+  handles = [
+    Line2D(
+      [], [], color=COLORS.get(n, "C2"), marker="o", ms=4, label=f"{LABELS.get(n, n)}: raw gradient"
+    )
+    for n in runs
+  ]
+  handles += [
+    Line2D([], [], color="C2", marker="s", ms=4, label=f"{LABELS.get(n, n)}: update after {n}")
+    for n in runs
+    if n != "none"
+  ]
+  handles += _step_handles(runs)
+  titles = ("L2 norm of the raw gradient", "std of the raw gradient and of the update")
+  for ax, what, ylabel in zip(axes, titles, ("L2 norm", "standard deviation"), strict=True):
+    ax.set_yscale("log")
+    ax.set_title(f"Per-layer {what} (kernels)")
+    ax.set_xlabel("layer, input -> output (stage.block.conv)")
+    ax.set_ylabel(ylabel)
+    _set_ticks(ax, [short_name(p) for p in paths])
+  axes[1].legend(handles=handles, fontsize=8, loc="center right")
+  _plain_log_ticks(axes[0])
+  _finish(fig, title)
+  return _save(fig, plt, out)
+
+
+def plot_overlap_split(
+  runs: Mapping[str, Sequence[dict]], out: str | Path, title: str | None = None
+) -> Path:
+  """Per residual block: skip and branch norms of dL/d(block input), their ratio and cosine.
+
+  Args:
+    runs: {grad_transform name: its diagnostics records by step}.
+    out: the PNG to write (parent folders are created).
+    title: a title over the panels.
+  """
+  plt = _figure()
+  from matplotlib.lines import Line2D
+
+  blocks = list(next(iter(runs.values()))[0]["blocks"])
+  xs = range(len(blocks))
+  fig, axes = plt.subplots(1, 3, figsize=(17, 5.2), sharex=True)
+  for _, record, style in _curves(runs):
+    b = [record["blocks"][k] for k in blocks]
+    axes[0].plot(xs, [s["skip_norm"] for s in b], marker="o", ms=4, **style)
+    axes[0].plot(xs, [s["branch_norm"] for s in b], marker="x", ms=5, **{**style, "lw": 0.8})
+    ratio = [s["branch_norm"] / s["skip_norm"] if s["skip_norm"] else math.nan for s in b]
+    axes[1].plot(xs, ratio, marker="o", ms=3, **style)
+    axes[2].plot(xs, [s["cosine"] for s in b], marker="o", ms=3, **style)
+  handles = [Line2D([], [], color=COLORS.get(n, "C2"), lw=2, label=LABELS.get(n, n)) for n in runs]
+  handles += [
+    Line2D([], [], color="0.3", marker="o", label="skip path (o, thick)"),
+    Line2D([], [], color="0.3", marker="x", lw=0.8, label="residual branch (x, thin)"),
+    *_step_handles(runs),
+  ]
+  axes[0].set_title("|dL/dx| through each path at the block input")
+  axes[0].set_ylabel("L2 norm over the batch")
+  axes[0].set_yscale("log")
+  axes[1].set_title("branch / skip norm ratio")
+  axes[1].set_yscale("log")
+  axes[1].axhline(1.0, color="0.5", lw=0.8)
+  axes[2].set_title("cosine(skip part, branch part)")
+  axes[2].axhline(0.0, color="0.5", lw=0.8)
+  top = max(abs(s["cosine"]) for _, r, _ in _curves(runs) for s in r["blocks"].values())
+  top = min(1.05, max(0.05, 1.3 * top))  # zoomed: the axis says how far
+  axes[2].set_ylim(-top, top)
+  for ax in axes:
+    ax.set_xlabel("residual block, input -> output (stage.block)")
+    _set_ticks(ax, [short_name(k) for k in blocks])
+  axes[0].legend(handles=handles, fontsize=8, loc="best")
+  _plain_log_ticks(axes[1])
+  _finish(fig, title)
+  return _save(fig, plt, out)
+
+
+def _save(fig, plt, out) -> Path:
+  out = Path(out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(out, dpi=110)
+  plt.close(fig)
+  return out
+
+
+def summarize(runs: Mapping[str, Sequence[dict]]) -> list[str]:
+  """One line per run: spread of the kernel gradient scale across depth, and the split."""
+  lines = []
+  for name, records in runs.items():
+    last = records[-1]
+    paths = kernel_paths(last)
+    grad = [last["layers"][p]["grad_std"] for p in paths]
+    update = [last["layers"][p]["update_std"] for p in paths]
+    blocks = list(last["blocks"].values())
+    cos = [b["cosine"] for b in blocks]
+    ratio = sorted(b["branch_norm"] / b["skip_norm"] for b in blocks if b["skip_norm"])
+    median = ratio[len(ratio) // 2] if ratio else math.nan
+    lines.append(
+      f"{name:6s} step {last['step']}: kernel grad std max/min across depth "
+      f"{max(grad) / min(grad):.3g} (update {max(update) / min(update):.3g}); "
+      f"|dL/dx| first/last block {blocks[0]['total_norm'] / blocks[-1]['total_norm']:.3g}; "
+      f"branch/skip median {median:.3g}; cosine mean {sum(cos) / len(cos):+.3f} "
+      f"[{min(cos):+.3f}, {max(cos):+.3f}]"
+    )
+  return lines
+
+
+def run_title(workdir: str | Path) -> str | None:
+  """'resnet20 on cifar10 train[:5000], batch 128, adam lr 0.001, 100 steps' from config.json."""
+  path = Path(workdir) / "config.json"
+  if not path.is_file():
+    return None
+  c = json.loads(path.read_text())
+  return (
+    f"{c['model']} on {c['dataset']} {c['train_split']}, batch {c['batch_size']}, "
+    f"{c['optimizer']} lr {c['learning_rate']:g} ({c['schedule']}), {c['num_train_steps']} "
+    f"steps, seed {c['seed']}; gradients of the whole batch at each logged step"
+  )
+
+
+def make_config(args: argparse.Namespace, grad_transform: str):
+  """The default config (ResNet, Adam lr 1e-3, cosine) for one run of the report."""
+  from configs import default
+
+  config = default.get_config()
+  config.update(
+    dict(
+      model=args.model,
+      grad_transform=grad_transform,
+      optimizer="adam",
+      data_dir=args.data_dir,
+      train_split=args.train_split,
+      eval_split=args.eval_split,
+      batch_size=args.batch_size,
+      num_train_steps=args.steps,
+      eval_every_steps=args.steps,
+      checkpoint_every_steps=args.steps,
+      keep_checkpoints=1,
+      log_every_steps=max(1, args.every),
+      diagnostics_every_steps=args.every,
+      seed=args.seed,
+    )
+  )
+  return config
+
+
+def main(argv: Sequence[str] | None = None) -> list[Path]:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--outdir", type=Path, required=True, help="PNGs here, runs in OUTDIR/runs")
+  parser.add_argument("--data_dir", default=None, help="tfds data dir holding cifar10")
+  parser.add_argument("--steps", type=int, default=100, help="training steps per run")
+  parser.add_argument("--every", type=int, default=20, help="diagnostics every K steps")
+  parser.add_argument("--model", default="resnet20", help="a models.MODEL_NAMES name")
+  parser.add_argument("--train_split", default="train[:5000]")
+  parser.add_argument("--eval_split", default="test[:1000]")
+  parser.add_argument("--batch_size", type=int, default=128)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument(
+    "--runs_dir", type=Path, default=None, help="workdirs of the runs (default OUTDIR/runs)"
+  )
+  parser.add_argument(
+    "--plot_only", action="store_true", help="do not train: re-plot the runs already there"
+  )
+  args = parser.parse_args(argv)
+  if args.steps < 1 or args.every < 1:
+    parser.error("--steps and --every must be >= 1")
+
+  runs_dir = args.runs_dir or args.outdir / "runs"
+  runs, evals = {}, {}
+  for name in RUNS:
+    workdir = runs_dir / name
+    try:
+      if not args.plot_only:
+        import train
+
+        train.train_and_evaluate(make_config(args, name), str(workdir))
+      runs[name] = load_diagnostics(workdir)
+    except (ValueError, FileNotFoundError) as e:
+      raise SystemExit(f"overlap_report: error: {e}") from None
+    evals[name] = load_metrics(workdir)
+    if not runs[name]:
+      raise SystemExit(f"overlap_report: error: no diagnostics lines in {workdir}")
+
+  title = run_title(runs_dir / RUNS[0])
+  written = [
+    plot_gradient_scale(runs, args.outdir / SCALE_PNG, title),
+    plot_overlap_split(runs, args.outdir / SPLIT_PNG, title),
+  ]
+  for name in RUNS:
+    last = evals[name][-1] if evals[name] else {}
+    acc, loss = last.get("eval_accuracy", math.nan), last.get("train_loss", math.nan)
+    print(f"{name:6s} after {last.get('step')} steps: eval acc {acc:.4f}, train loss {loss:.4f}")
+  for line in summarize(runs):
+    print(line)
+  for path in written:
+    print(f"wrote {path}")
+  return written
+
+
+if __name__ == "__main__":
+  main()
