@@ -18,6 +18,8 @@ Device side (jax.numpy, called inside the pmapped step):
     example depends on ``(seed, step, its position in the global batch)`` only, so 1 and 4 devices
     see the same augmented batch.
   * `augment` (pad-4 random crop + horizontal flip) and `normalize` (per-channel mean/std).
+  * `train_inputs`: the model input of a train step, all of the above keyed by ``(seed, step)``
+    (shared by `train.train_step` and `diagnostics.diagnostic_step`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
+    "AXIS_NAME",
     "DATASETS",
     "DatasetNotFoundError",
     "DatasetSpec",
@@ -49,7 +52,10 @@ __all__ = [
     "shard_batch",
     "split_ranges",
     "train_batch_indices",
+    "train_inputs",
 ]
+
+AXIS_NAME = "batch"  # the mapped axis (pmap / shard_map) over which the global batch is split
 
 
 @dataclasses.dataclass(frozen=True)
@@ -311,7 +317,7 @@ def augmentation_params(key: jax.Array, global_batch: int, padding: int = 4):
     return offsets, flips
 
 
-def device_slice(x: jax.Array, per_device: int, axis_name: str = "batch") -> jax.Array:
+def device_slice(x: jax.Array, per_device: int, axis_name: str = AXIS_NAME) -> jax.Array:
     """The rows of a global-batch array that belong to the calling device of ``axis_name``."""
     start = jax.lax.axis_index(axis_name) * per_device
     return jax.lax.dynamic_slice_in_dim(x, start, per_device, axis=0)
@@ -334,3 +340,19 @@ def normalize(images: jax.Array, mean, std, dtype=jnp.float32) -> jax.Array:
     x = images.astype(jnp.float32) / 255.0
     x = (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
     return x.astype(dtype)
+
+
+def train_inputs(step, images, *, seed, mean, std, dtype, augment_images, axis_name):
+    """The model input of the train step at `step`: augmented (if ``augment_images``, as keyed by
+    (seed, step)) and normalized."""
+    per_device = images.shape[0]
+    if augment_images:
+        global_batch = per_device * jax.lax.psum(1, axis_name)
+        key = jax.random.fold_in(jax.random.key(seed), step)
+        offsets, flips = augmentation_params(key, global_batch)
+        images = augment(
+            images,
+            device_slice(offsets, per_device, axis_name),
+            device_slice(flips, per_device, axis_name),
+        )
+    return normalize(images, mean, std, dtype)

@@ -12,23 +12,23 @@ Outputs in WORKDIR: `metrics.jsonl` (one line per evaluation), TensorBoard event
 and Orbax checkpoints in `checkpoints/`.  With `--config.diagnostics_every_steps=N` metrics.jsonl
 also gets a `{"kind": "diagnostics", ...}` line at step 1 and every N steps: per-layer gradient
 statistics before and after the gradient transform, and the skip/branch split of the gradient at
-every residual block input (see `diagnostics_row`); evaluation lines have no "kind" key.
+every residual block input (see `diagnostics.diagnostics_row`); evaluation lines have no "kind"
+key.
 
 Re-running the same command resumes from the last complete checkpoint (`Resumed from step N`)
 and ends with the same parameters and metrics as an uninterrupted run: everything random derives
 from (seed, step) and the data order of epoch e from (seed, e).  SIGTERM saves a checkpoint at the
 next step boundary and exits cleanly.
+
+Next to this file: `input_pipeline` (data, augmentation), `checkpointing` (Orbax checkpoints,
+SIGTERM), `metrics_io` (metrics.jsonl) and `diagnostics` (gradient diagnostics).
 """
 
 from __future__ import annotations
 
 import functools
-import json
-import math
 import os
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -39,16 +39,18 @@ import ml_collections
 import numpy as np
 import optax
 from flax import struct
-from flax.traverse_util import flatten_dict
 from jax import lax
 
+import checkpointing
+import diagnostics
 import input_pipeline as ip
+import metrics_io
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "step")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 GRAD_TRANSFORM_PARAMS = ("kernels", "all")
-AXIS_NAME = "batch"
+AXIS_NAME = ip.AXIS_NAME  # "batch": the pmap'ed axis holding the devices
 
 # Config field -> keyword argument of `znorm_optax.gradient_transform(name, ...)`.
 _TRANSFORM_KWARGS = {
@@ -58,9 +60,6 @@ _TRANSFORM_KWARGS = {
     "clip": {"clip_norm": "max_norm"},
     "clip_layer": {"clip_norm": "max_norm"},
 }
-
-METRICS_FILE = "metrics.jsonl"
-CHECKPOINT_DIR = "checkpoints"
 
 
 class TrainState(struct.PyTreeNode):
@@ -164,8 +163,8 @@ def create_optimizer(
 
     With diagnostics on (`diagnostics_every_steps > 0`) the chain is `(gradient_stats,
     transform, gradient_stats, base)`: the statistics of the raw (pmean'ed) gradients and of the
-    transformed updates land in the optimizer state (see `gradient_stats_of`) and the updates
-    are unchanged.  With diagnostics off the chain is exactly `(transform, base)`.
+    transformed updates land in the optimizer state (see `diagnostics.gradient_stats_of`) and the
+    updates are unchanged.  With diagnostics off the chain is exactly `(transform, base)`.
     """
     import znorm_optax as zo
 
@@ -204,17 +203,6 @@ def create_optimizer(
     if diagnostics_every(config) > 0:
         return optax.chain(zo.gradient_stats(), transform, zo.gradient_stats(), base), schedule
     return optax.chain(transform, base), schedule
-
-
-def gradient_stats_of(opt_state) -> tuple[Any, Any] | None:
-    """`(gradient, update)`: the `znorm_optax.GradientStatsState`s of the last step's raw
-    gradients and of the gradient transform's output, or None when diagnostics are off."""
-    import znorm_optax as zo
-
-    if not isinstance(opt_state, tuple) or isinstance(opt_state, zo.GradientStatsState):
-        return None
-    stats = [s for s in opt_state if isinstance(s, zo.GradientStatsState)]
-    return (stats[0], stats[1]) if stats else None
 
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -279,8 +267,8 @@ def train_step(
       The new state (identical on every device) and the global batch's mean ``loss`` and
       ``accuracy``.
     """
-    x = _train_inputs(state.step, images, seed=seed, mean=mean, std=std, dtype=dtype,
-                      augment=augment, axis_name=axis_name)
+    x = ip.train_inputs(state.step, images, seed=seed, mean=mean, std=std, dtype=dtype,
+                        augment_images=augment, axis_name=axis_name)
 
     def loss_fn(params):
         logits, new_vars = apply_fn(
@@ -305,124 +293,6 @@ def train_step(
         step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
     )
     return new_state, metrics
-
-
-def _train_inputs(step, images, *, seed, mean, std, dtype, augment, axis_name):
-    """The model input of the train step at `step`: augmented (as keyed by (seed, step)) and
-    normalized."""
-    per_device = images.shape[0]
-    if augment:
-        global_batch = per_device * lax.psum(1, axis_name)
-        key = jax.random.fold_in(jax.random.key(seed), step)
-        offsets, flips = ip.augmentation_params(key, global_batch)
-        images = ip.augment(
-            images,
-            ip.device_slice(offsets, per_device, axis_name),
-            ip.device_slice(flips, per_device, axis_name),
-        )
-    return ip.normalize(images, mean, std, dtype)
-
-
-def diagnostic_step(
-    state: TrainState,
-    images: jax.Array,
-    labels: jax.Array,
-    *,
-    model,
-    seed: int,
-    mean,
-    std,
-    dtype=jnp.float32,
-    augment: bool = True,
-    axis_name: str = AXIS_NAME,
-) -> dict:
-    """The skip/branch split of dL/dx at every residual block input, over the global batch.
-
-    Takes the arguments `train_step` takes for the same step (same augmentation, BatchNorm in
-    train mode), so it measures the gradient of the step's update.  Exact: each device gets its
-    slice of dL/dx for the global mean loss L from `models.block_input_grads` (under pmap the
-    gradient of the per-device loss through the synchronized BatchNorm is that of the sum of
-    the per-device losses: hence the division by the device count), and the norms and dot
-    products are summed over the devices.
-
-    Returns:
-      ``{block path: {"skip_norm", "branch_norm", "total_norm", "cosine"}}`` as float32
-      scalars, identical on every device (sorted keys; `models.block_names` gives the forward
-      order).
-    """
-    import models
-
-    x = _train_inputs(state.step, images, seed=seed, mean=mean, std=std, dtype=dtype,
-                      augment=augment, axis_name=axis_name)
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-    grads = models.block_input_grads(model, variables, x, labels, train=True)
-    n = lax.psum(1, axis_name)
-    out = {}
-    for path, g in grads.items():
-        skip = g[models.overlap.SKIP].astype(jnp.float32) / n
-        branch = g[models.overlap.BRANCH].astype(jnp.float32) / n
-        total = skip + branch
-        ss, bb, sb, tt = lax.psum(
-            (jnp.vdot(skip, skip), jnp.vdot(branch, branch), jnp.vdot(skip, branch),
-             jnp.vdot(total, total)),
-            axis_name,
-        )
-        denom = jnp.sqrt(ss * bb)
-        cosine = jnp.where(denom > 0, sb / jnp.where(denom > 0, denom, 1.0), 0.0)
-        out[path] = {
-            "skip_norm": jnp.sqrt(ss),
-            "branch_norm": jnp.sqrt(bb),
-            "total_norm": jnp.sqrt(tt),
-            "cosine": jnp.clip(cosine, -1.0, 1.0),
-        }
-    return out
-
-
-def param_paths(model, image_shape) -> tuple[str, ...]:
-    """'/'-joined paths of the model's parameters in forward (creation) order (no FLOPs)."""
-    paths = []
-
-    def init(x):
-        variables = model.init(jax.random.key(0), x, train=False)
-        paths.extend("/".join(p) for p in flatten_dict(variables["params"]))  # creation order
-        return variables
-
-    jax.eval_shape(init, jnp.zeros((1, *image_shape), jnp.float32))
-    return tuple(paths)
-
-
-_LAYER_STATS = ("norm", "mean", "std")
-SPLIT_STATS = ("skip_norm", "branch_norm", "total_norm", "cosine")
-
-
-def diagnostics_row(step: int, epoch: float, layer_order, block_order, stats, split) -> dict:
-    """The metrics.jsonl line of a diagnostic step (plain floats, layers and blocks in forward
-    order).
-
-    Args:
-      step: the number of updates done; the statistics are those of the gradient of the last
-        one (computed at the parameters after ``step - 1`` updates, on the batch of that step).
-      epoch: ``step / steps_per_epoch``.
-      layer_order, block_order: '/'-joined parameter and block paths in forward order.
-      stats: `gradient_stats_of` the (unreplicated) optimizer state after the step.
-      split: the (unreplicated) output of `diagnostic_step` for that step.
-
-    Returns:
-      ``{"kind": "diagnostics", "step", "epoch", "layers": {param path: {"grad_norm",
-      "grad_mean", "grad_std", "update_norm", "update_mean", "update_std"}}, "blocks":
-      {block path: {"skip_norm", "branch_norm", "total_norm", "cosine"}}}`` where ``grad_*``
-      describe the pmean'ed gradient and ``update_*`` the output of the gradient transform
-      (the input of the base optimizer).  `train.py` adds ``"seconds"``: the host time the
-      diagnostics of that step took (the first includes compiling).
-    """
-    layers = {path: {} for path in layer_order}
-    for prefix, state in zip(("grad", "update"), stats, strict=True):
-        for stat in _LAYER_STATS:
-            for key, value in flatten_dict(getattr(state, stat)).items():
-                layers["/".join(key)][f"{prefix}_{stat}"] = float(value)
-    blocks = {name: {k: float(split[name][k]) for k in SPLIT_STATS} for name in block_order}
-    return {"kind": "diagnostics", "step": step, "epoch": epoch, "layers": layers,
-            "blocks": blocks}
 
 
 def eval_step(
@@ -474,142 +344,8 @@ def initial_state(
 
 
 # ------------------------------------------------------------------------------------------------
-# Checkpoints and metrics files
+# The run
 # ------------------------------------------------------------------------------------------------
-
-
-def _checkpoint_manager(workdir: str, keep: int, read_only: bool = False):
-    """Synchronous saves (deterministic tests, nothing in flight at a kill); the leftovers of a
-    killed write (``N.orbax-checkpoint-tmp-*``) are ignored and cleaned up on restart."""
-    import orbax.checkpoint as ocp
-
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=not read_only, enable_async_checkpointing=False,
-        cleanup_tmp_directories=not read_only, read_only=read_only,
-    )
-    return ocp.CheckpointManager(os.path.join(workdir, CHECKPOINT_DIR), options=options)
-
-
-def _saved_opt_state(opt_state):
-    """The optimizer state as checkpointed: without the `gradient_stats` entries that
-    diagnostics add, so checkpoints are the same with diagnostics on and off (a run can
-    switch them on or off when it resumes)."""
-    import znorm_optax as zo
-
-    if gradient_stats_of(opt_state) is None:
-        return opt_state
-    return tuple(s for s in opt_state if not isinstance(s, zo.GradientStatsState))
-
-
-def _with_stats(saved_opt_state, like):
-    """Puts the `gradient_stats` entries of `like` (diagnostics on) back into a saved state."""
-    import znorm_optax as zo
-
-    if gradient_stats_of(like) is None:
-        return saved_opt_state
-    rest = iter(saved_opt_state)
-    return tuple(s if isinstance(s, zo.GradientStatsState) else next(rest) for s in like)
-
-
-def _checkpoint_item(state: TrainState, train_sums: np.ndarray) -> dict:
-    return {
-        "state": {
-            "step": state.step,
-            "params": state.params,
-            "batch_stats": state.batch_stats,
-            "opt_state": _saved_opt_state(state.opt_state),
-        },
-        # float64 sums of the per-step train loss/accuracy since the last evaluation, and the
-        # number of steps: the next metrics line after a resume is the same as without one.
-        "train_sums": train_sums,
-    }
-
-
-def _from_checkpoint_item(item: dict, like: TrainState) -> tuple[TrainState, np.ndarray]:
-    s = item["state"]
-    opt_state = jax.tree.unflatten(
-        jax.tree.structure(_saved_opt_state(like.opt_state)), jax.tree.leaves(s["opt_state"])
-    )
-    opt_state = _with_stats(opt_state, like.opt_state)
-    state = TrainState(
-        step=np.asarray(s["step"]), params=s["params"], batch_stats=s["batch_stats"],
-        opt_state=opt_state,
-    )
-    return state, np.asarray(item["train_sums"], np.float64)
-
-
-def restore_checkpoint(workdir: str, like: TrainState, step: int | None = None):
-    """Reads the state saved in ``WORKDIR/checkpoints`` at ``step`` (latest if None).
-
-    Returns:
-      ``(state, train_sums)``, or None when there is no checkpoint.
-    """
-    import orbax.checkpoint as ocp
-
-    mngr = _checkpoint_manager(workdir, keep=1 << 30, read_only=True)
-    try:
-        step = mngr.latest_step() if step is None else step
-        if step is None:
-            return None
-        target = _checkpoint_item(like, np.zeros(3, np.float64))
-        item = mngr.restore(step, args=ocp.args.StandardRestore(target))
-    finally:
-        mngr.close()
-    return _from_checkpoint_item(item, like)
-
-
-def _read_metrics(path: str) -> list[dict]:
-    rows = []
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    pass  # a line cut by a kill: the evaluation is redone after the resume
-    return rows
-
-
-def _truncate_metrics(path: str, max_step: int) -> None:
-    """Keeps the metrics lines of steps <= max_step (those the restored run already did)."""
-    if not os.path.exists(path):
-        return
-    keep = [r for r in _read_metrics(path) if r.get("step", math.inf) <= max_step]
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in keep)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _append_metrics(path: str, row: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-class _Preemption:
-    """Turns SIGTERM into a flag that the training loop checks at every step boundary."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        del signum, frame
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-        return False
 
 
 def _say(*args) -> None:
@@ -618,11 +354,6 @@ def _say(*args) -> None:
 
     tqdm.write(" ".join(str(a) for a in args), file=sys.stdout)
     sys.stdout.flush()
-
-
-# ------------------------------------------------------------------------------------------------
-# The run
-# ------------------------------------------------------------------------------------------------
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
@@ -641,12 +372,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       ValueError: a bad config value (unknown name, indivisible batch size, ...).
       input_pipeline.DatasetNotFoundError: the dataset is absent and cannot be downloaded.
     """
-    with _Preemption() as preemption:
+    with checkpointing.Preemption() as preemption:
         return _train_and_evaluate(config, workdir, preemption)
 
 
-def _train_and_evaluate(config, workdir, preemption: _Preemption) -> TrainState:
-    import orbax.checkpoint as ocp
+def _train_and_evaluate(config, workdir, preemption: checkpointing.Preemption) -> TrainState:
     from tqdm import tqdm
 
     t_start = time.time()
@@ -704,21 +434,18 @@ def _train_and_evaluate(config, workdir, preemption: _Preemption) -> TrainState:
             f"{config.optimizer} lr {config.learning_rate:g} ({config.schedule}) on "
             f"grad_transform={config.grad_transform}; workdir {workdir}"
         )
-    mngr = _checkpoint_manager(workdir, config.keep_checkpoints)
+    mngr = checkpointing.checkpoint_manager(workdir, config.keep_checkpoints)
     latest = mngr.latest_step()
     start_step = 0
     if latest is not None:
-        item = mngr.restore(
-            latest, args=ocp.args.StandardRestore(_checkpoint_item(state, train_sums))
-        )
-        state, train_sums = _from_checkpoint_item(item, state)
+        state, train_sums = checkpointing.restore(mngr, latest, state)
         start_step = int(state.step)
         _say(f"Resumed from step {start_step}")
 
-    metrics_path = os.path.join(workdir, METRICS_FILE)
+    metrics_path = os.path.join(workdir, metrics_io.METRICS_FILE)
     writer = None
     if host0:
-        _truncate_metrics(metrics_path, start_step)
+        metrics_io.truncate_metrics(metrics_path, start_step)
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json(indent=2, sort_keys=True) + "\n")
         from tensorboardX import SummaryWriter
@@ -742,18 +469,15 @@ def _train_and_evaluate(config, workdir, preemption: _Preemption) -> TrainState:
     if diag_every:  # compiled only when diagnostics are on
         p_diagnostic_step = jax.pmap(
             functools.partial(
-                diagnostic_step, model=model, seed=config.seed, augment=config.augment,
+                diagnostics.diagnostic_step, model=model, seed=config.seed, augment=config.augment,
                 mean=spec.mean, std=spec.std, dtype=dtype,
             ),
             axis_name=AXIS_NAME,
             devices=devices,
         )
-        import models
-
-        layer_order = param_paths(model, train_images.shape[1:])
-        block_order = models.block_names(
+        layer_order, block_order = diagnostics.forward_order(
             model, {"params": state.params, "batch_stats": state.batch_stats},
-            np.zeros((1, *train_images.shape[1:]), np.float32),
+            train_images.shape[1:],
         )
 
     mesh = jax.sharding.Mesh(np.asarray(devices), (AXIS_NAME,))
@@ -783,9 +507,9 @@ def _train_and_evaluate(config, workdir, preemption: _Preemption) -> TrainState:
 
     def save(step: int, r_state) -> None:
         # Without the diagnostics' statistics: fewer leaves to fetch, and they are not saved.
-        host_state = unreplicate(r_state.replace(opt_state=_saved_opt_state(r_state.opt_state)))
-        mngr.save(step, args=ocp.args.StandardSave(_checkpoint_item(host_state, train_sums)))
-        mngr.wait_until_finished()
+        opt_state = checkpointing.saved_opt_state(r_state.opt_state)
+        checkpointing.save(mngr, step, unreplicate(r_state.replace(opt_state=opt_state)),
+                           train_sums)
 
     r_state = replicate(state)
     pending = []  # per-step device metrics not yet added to train_sums
@@ -830,21 +554,17 @@ def _train_and_evaluate(config, workdir, preemption: _Preemption) -> TrainState:
         if split is not None:
             jax.block_until_ready(metrics)  # the step itself is training time
             t0 = time.time()
-            row = diagnostics_row(
+            stats = diagnostics.gradient_stats_of(r_state.opt_state)
+            row = diagnostics.diagnostics_row(
                 step, step / steps_per_epoch, layer_order, block_order,
                 *[jax.tree.map(lambda x: x[0], t)  # one device_get, not a gather per leaf
-                  for t in jax.device_get((gradient_stats_of(r_state.opt_state), split))],
+                  for t in jax.device_get((stats, split))],
             )
             diag_seconds += time.time() - t0
             row["seconds"] = diag_seconds  # the first one includes compiling
             if host0:
-                _append_metrics(metrics_path, row)
-                for path, stats in row["layers"].items():
-                    for name, value in stats.items():
-                        writer.add_scalar(f"{name}/{path}", value, step)
-                for block, stats in row["blocks"].items():
-                    for name, value in stats.items():
-                        writer.add_scalar(f"overlap/{block}/{name}", value, step)
+                metrics_io.append_metrics(metrics_path, row)
+                diagnostics.write_scalars(writer, step, row)
                 writer.flush()
             t_mark += time.time() - t0
 
@@ -874,7 +594,7 @@ def _train_and_evaluate(config, workdir, preemption: _Preemption) -> TrainState:
             train_sums[:] = 0
             train_time, images_seen = 0.0, 0
             if host0:
-                _append_metrics(metrics_path, row)
+                metrics_io.append_metrics(metrics_path, row)
                 writer.add_scalar("eval/loss", row["eval_loss"], step)
                 writer.add_scalar("eval/accuracy", row["eval_accuracy"], step)
                 if row["images_per_second"] is not None:

@@ -49,14 +49,23 @@ def peak_rss_mib(model_name: str, data_dir: str | None, steps: int) -> float:
   """Peak resident memory of a short ``train.py`` run, from GNU time's report."""
   with tempfile.TemporaryDirectory() as workdir:
     command = [
-      "/usr/bin/time", "-v", sys.executable, "train.py", f"--workdir={workdir}",
-      f"--config.model={model_name}", f"--config.num_train_steps={steps}",
-      f"--config.eval_every_steps={steps}", f"--config.checkpoint_every_steps={steps}",
+      "/usr/bin/time",
+      "-v",
+      sys.executable,
+      "train.py",
+      f"--workdir={workdir}",
+      f"--config.model={model_name}",
+      f"--config.num_train_steps={steps}",
+      f"--config.eval_every_steps={steps}",
+      f"--config.checkpoint_every_steps={steps}",
     ]
     if data_dir:
       command.append(f"--config.data_dir={data_dir}")
     result = subprocess.run(
-      command, capture_output=True, text=True, check=False,
+      command,
+      capture_output=True,
+      text=True,
+      check=False,
       env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
   if result.returncode != 0:

@@ -51,10 +51,17 @@ def bare_step_rate(config, images, labels, steps: int):
   state = train.initial_state(config, model, tx, images.shape[1:])
   step_fn = jax.pmap(
     functools.partial(
-      train.train_step, apply_fn=model.apply, tx=tx, seed=config.seed, mean=spec.mean,
-      std=spec.std, augment=config.augment,
+      train.train_step,
+      apply_fn=model.apply,
+      tx=tx,
+      seed=config.seed,
+      mean=spec.mean,
+      std=spec.std,
+      augment=config.augment,
     ),
-    axis_name=train.AXIS_NAME, devices=devices, donate_argnums=(0,),
+    axis_name=train.AXIS_NAME,
+    devices=devices,
+    donate_argnums=(0,),
   )
   n = len(devices)
   state = flax.jax_utils.replicate(state, devices)
@@ -113,8 +120,10 @@ def main(argv=None):
   config = make_config(args)
   images, labels = ip.load_split(config.dataset, config.train_split, config.data_dir)
   steps = images.shape[0] // config.batch_size
-  print(f"jax {jax.__version__}, {jax.local_device_count()} x {jax.devices()[0].device_kind}; "
-        f"{args.model}, batch {args.batch}, {steps} steps = 1 epoch of {args.train_split}")
+  print(
+    f"jax {jax.__version__}, {jax.local_device_count()} x {jax.devices()[0].device_kind}; "
+    f"{args.model}, batch {args.batch}, {steps} steps = 1 epoch of {args.train_split}"
+  )
   # The bare step is timed before and after train.py, so that a change in the machine's
   # load during the run shows as a spread instead of biasing the ratio.
   bare_before, flops_per_step, step_seconds = bare_step_rate(config, images, labels, steps)
@@ -122,13 +131,19 @@ def main(argv=None):
   bare_after, _, _ = bare_step_rate(config, images, labels, steps)
   bare_ips = (bare_before + bare_after) / 2
   matmul = matmul_flop_rate()
-  print(f"bare pmapped step : {bare_ips:8.1f} images/s  (before {bare_before:.1f}, "
-        f"after {bare_after:.1f})")
+  print(
+    f"bare pmapped step : {bare_ips:8.1f} images/s  (before {bare_before:.1f}, "
+    f"after {bare_after:.1f})"
+  )
   print(f"train.py          : {e2e_ips:8.1f} images/s  ({e2e_ips / bare_ips:.1%} of bare)")
-  print(f"train step        : {flops_per_step / 1e9:8.2f} GFLOP/step, "
-        f"{flops_per_step / step_seconds / 1e9:.1f} GFLOP/s")
-  print(f"2048^2 f32 matmul : {matmul / 1e9:8.1f} GFLOP/s  (step at "
-        f"{flops_per_step / step_seconds / matmul:.0%} of it)")
+  print(
+    f"train step        : {flops_per_step / 1e9:8.2f} GFLOP/step, "
+    f"{flops_per_step / step_seconds / 1e9:.1f} GFLOP/s"
+  )
+  print(
+    f"2048^2 f32 matmul : {matmul / 1e9:8.1f} GFLOP/s  (step at "
+    f"{flops_per_step / step_seconds / matmul:.0%} of it)"
+  )
 
 
 if __name__ == "__main__":

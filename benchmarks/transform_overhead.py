@@ -7,6 +7,9 @@ Part 1 (``--part update``): the jitted optimizer update (``tx.update`` plus
   floor                one extra reduction pass over each gradient leaf, then Adam: the
                        least any per-tensor statistic can cost
   znorm+adam           zo.znorm() then Adam
+  naive_znorm+adam     ``(g - g.mean()) / (g.std() + eps)`` per leaf, then Adam: what the
+                       two-pass structure alone costs, without the library's float32
+                       accumulation, scaling and exact zero-spread handling
   centralize+adam      zo.centralize() then Adam
   optax_centralize+adam  optax.centralize() then Adam
   clip+adam            zo.clip_by_global_norm(1.0) then Adam
@@ -39,20 +42,26 @@ import models
 import znorm_optax as zo
 
 
-def floor_transform() -> optax.GradientTransformation:
-  """One reduction per leaf whose result is used (so XLA keeps it) but changes nothing."""
+def per_leaf(fn) -> optax.GradientTransformation:
+  """A stateless transform applying ``fn`` to every leaf."""
 
   def update_fn(updates, state, params=None):
     del params
-    return jax.tree.map(lambda g: g * (1 + 0 * g.sum()), updates), state
+    return jax.tree.map(fn, updates), state
 
   return optax.GradientTransformation(optax.init_empty_state, update_fn)
+
+
+# One reduction per leaf whose result is used (so XLA keeps it) but changes nothing.
+floor_transform = functools.partial(per_leaf, lambda g: g * (1 + 0 * g.sum()))
+naive_znorm = functools.partial(per_leaf, lambda g: (g - g.mean()) / (g.std() + 1e-8))
 
 
 UPDATE_VARIANTS = {
   "adam": lambda: optax.adam(1e-3),
   "floor": lambda: optax.chain(floor_transform(), optax.adam(1e-3)),
   "znorm+adam": lambda: optax.chain(zo.znorm(), optax.adam(1e-3)),
+  "naive_znorm+adam": lambda: optax.chain(naive_znorm(), optax.adam(1e-3)),
   "centralize+adam": lambda: optax.chain(zo.centralize(), optax.adam(1e-3)),
   "optax_centralize+adam": lambda: optax.chain(optax.centralize(), optax.adam(1e-3)),
   "clip+adam": lambda: optax.chain(zo.clip_by_global_norm(1.0), optax.adam(1e-3)),
@@ -121,7 +130,9 @@ def step_candidates(batch: int):
 
     def loss_fn(params, batch_stats):
       logits, new_state = model.apply(
-        {"params": params, "batch_stats": batch_stats}, images, train=True,
+        {"params": params, "batch_stats": batch_stats},
+        images,
+        train=True,
         mutable=["batch_stats"],
       )
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
@@ -176,7 +187,10 @@ def main(argv=None):
       medians = time_rounds(update_candidates(params), args.rounds, args.iters)
       report(
         f"optimizer update, {name} ({count / 1e6:.2f}M params, "
-        f"{len(jax.tree.leaves(params))} leaves)", medians, "adam", "floor",
+        f"{len(jax.tree.leaves(params))} leaves)",
+        medians,
+        "adam",
+        "floor",
       )
   if args.part in ("step", "all"):
     medians = time_rounds(step_candidates(args.batch), args.step_rounds, iters=3)

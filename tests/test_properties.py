@@ -11,18 +11,14 @@ from hypothesis.extra import numpy as hnp
 import znorm_optax as zo
 from tests.numpy_reference import numpy_centralize, numpy_clip_layer, numpy_znorm
 
-SETTINGS = settings(
-  max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @st.composite
 def leaves(draw, max_magnitude=1e30):
   """A float32 array at a random scale, sometimes constant or a single element."""
   shape = draw(hnp.array_shapes(min_dims=0, max_dims=3, min_side=1, max_side=6))
-  unit = draw(
-    hnp.arrays(np.float64, shape, elements=st.floats(-1, 1, allow_nan=False, width=64))
-  )
+  unit = draw(hnp.arrays(np.float64, shape, elements=st.floats(-1, 1, allow_nan=False, width=64)))
   if draw(st.booleans()):
     unit = np.full(shape, unit.flat[0])  # Zero variance.
   offset = draw(st.floats(-1, 1)) * draw(st.sampled_from([0.0, 1.0, 1e2]))

@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+import checkpointing
+import diagnostics
 import input_pipeline as ip
 import train
 
@@ -331,7 +333,7 @@ def test_checkpoint_restores_the_final_state(runs):
     model = train.create_model(config, 10)
     tx, _ = train.create_optimizer(config, 12)
     like = train.initial_state(config, model, tx, (32, 32, 3))
-    state, sums = train.restore_checkpoint(str(workdir), like)
+    state, sums = checkpointing.restore_checkpoint(str(workdir), like)
     assert int(state.step) == 12
     assert jax.tree.structure(state.opt_state) == jax.tree.structure(like.opt_state)
     ref = load_npz(runs["base"] / "ref.npz")
@@ -492,10 +494,10 @@ def test_optimizer_gets_gradient_stats_only_with_diagnostics_on():
     off, _ = train.create_optimizer(default.get_config(), 10)
     on, _ = train.create_optimizer(tiny_config(diagnostics_every_steps=5), 10)
     off_state, on_state = off.init(params), on.init(params)
-    assert len(off_state) == 2 and train.gradient_stats_of(off_state) is None
-    assert len(on_state) == 4 and len(train.gradient_stats_of(on_state)) == 2
-    assert train._saved_opt_state(on_state) == (on_state[1], on_state[3])
-    assert train._saved_opt_state(off_state) is off_state
+    assert len(off_state) == 2 and diagnostics.gradient_stats_of(off_state) is None
+    assert len(on_state) == 4 and len(diagnostics.gradient_stats_of(on_state)) == 2
+    assert checkpointing.saved_opt_state(on_state) == (on_state[1], on_state[3])
+    assert checkpointing.saved_opt_state(off_state) is off_state
 
 
 def test_negative_diagnostics_every_steps_is_a_clear_error(tmp_path):
@@ -509,7 +511,7 @@ def test_diagnostics_lines_every_n_steps_in_forward_order(diag_run):
     rows = diagnostic_rows(workdir)
     assert [r["step"] for r in rows] == [1, 4, 8, 12]
     model = train.create_model(tiny_config(), 10)
-    layers = list(train.param_paths(model, (32, 32, 3)))
+    layers = list(diagnostics.param_paths(model, (32, 32, 3)))
     assert layers[:3] == ["stem_conv/kernel", "stem_bn/scale", "stem_bn/bias"]
     assert layers[-2:] == ["head/kernel", "head/bias"]
     for r in rows:
@@ -559,7 +561,7 @@ def test_diagnostics_do_not_change_training_or_checkpoints(runs, diag_run):
     model = train.create_model(config, 10)
     tx, _ = train.create_optimizer(config, 12)
     like = train.initial_state(config, model, tx, (32, 32, 3))
-    restored = flat_state(train.restore_checkpoint(str(workdir), like)[0])
+    restored = flat_state(checkpointing.restore_checkpoint(str(workdir), like)[0])
     assert restored.keys() == ref.keys()
     for k in ref:
         np.testing.assert_array_equal(restored[k], ref[k], err_msg=k)

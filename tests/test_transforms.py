@@ -85,7 +85,9 @@ def test_znorm_is_accurate_when_the_mean_dwarfs_the_spread(mean, std):
   # 6% at mean/std = 1e3. The two-pass, pivot-shifted statistics keep it to rounding.
   rng = np.random.default_rng(0)
   g = (mean + std * rng.standard_normal(4096)).astype(np.float32)
-  np.testing.assert_allclose(apply(zo.znorm(eps=0.0), jnp.asarray(g)), numpy_znorm(g, 0.0), atol=2e-3)
+  np.testing.assert_allclose(
+    apply(zo.znorm(eps=0.0), jnp.asarray(g)), numpy_znorm(g, 0.0), atol=2e-3
+  )
   _, state = zo.gradient_stats().update(jnp.asarray(g), None)
   np.testing.assert_allclose(state.std, g.astype(np.float64).std(), rtol=1e-3)
   np.testing.assert_allclose(state.mean, g.astype(np.float64).mean(), rtol=1e-6)
@@ -164,8 +166,12 @@ def test_clip_by_layer_norm(dtype, max_norm):
 def test_clip_by_global_norm_bounds_the_global_norm(max_norm):
   grads = random_tree(4)
   out = apply(zo.clip_by_global_norm(max_norm), grads)
-  norm_in = np.sqrt(sum(np.sum(np.square(np.asarray(g, np.float64))) for g in jax.tree.leaves(grads)))
-  norm_out = np.sqrt(sum(np.sum(np.square(np.asarray(g, np.float64))) for g in jax.tree.leaves(out)))
+  norm_in = np.sqrt(
+    sum(np.sum(np.square(np.asarray(g, np.float64))) for g in jax.tree.leaves(grads))
+  )
+  norm_out = np.sqrt(
+    sum(np.sum(np.square(np.asarray(g, np.float64))) for g in jax.tree.leaves(out))
+  )
   np.testing.assert_allclose(norm_out, min(norm_in, max_norm), rtol=1e-5)
   if norm_in > max_norm:  # One shared factor: every leaf keeps its share of the norm.
     for g, c in zip(jax.tree.leaves(grads), jax.tree.leaves(out), strict=True):
@@ -250,7 +256,9 @@ def test_masked_znorm_leaves_biases_alone():
   }
   chex.assert_trees_all_equal(out["bn"], grads["bn"])
   chex.assert_trees_all_equal(out["dense"]["bias"], grads["dense"]["bias"])
-  np.testing.assert_allclose(out["conv"]["kernel"], numpy_znorm(grads["conv"]["kernel"]), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    out["conv"]["kernel"], numpy_znorm(grads["conv"]["kernel"]), rtol=1e-5, atol=1e-5
+  )
 
 
 def test_multi_transform_routes_by_label():
@@ -258,7 +266,9 @@ def test_multi_transform_routes_by_label():
   labels = jax.tree.map(lambda p: "kernel" if p.ndim >= 2 else "vector", grads)
   tx = optax.multi_transform({"kernel": zo.znorm(), "vector": zo.clip_by_layer_norm(0.1)}, labels)
   out = apply(tx, grads, params=grads)
-  np.testing.assert_allclose(out["dense"]["kernel"], numpy_znorm(grads["dense"]["kernel"]), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    out["dense"]["kernel"], numpy_znorm(grads["dense"]["kernel"]), rtol=1e-5, atol=1e-5
+  )
   np.testing.assert_allclose(np.linalg.norm(out["dense"]["bias"]), 0.1, rtol=1e-5)
 
 
@@ -296,7 +306,11 @@ def test_gradient_stats_are_exact_and_updates_unchanged():
   for stats, tree in [(before, grads), (after, out)]:
     for path, g in jax.tree_util.tree_leaves_with_path(tree):
       g64 = np.asarray(g, np.float64)
-      for field, expected in [("norm", np.linalg.norm(g64)), ("mean", g64.mean()), ("std", g64.std())]:
+      for field, expected in [
+        ("norm", np.linalg.norm(g64)),
+        ("mean", g64.mean()),
+        ("std", g64.std()),
+      ]:
         value = _get(getattr(stats, field), path)
         assert value.dtype == jnp.float32 and value.shape == ()
         np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-6)
@@ -317,4 +331,6 @@ def test_transforms_add_no_optimizer_state(name):
   adam = optax.adam(1e-3).init(params)
   chained = optax.chain(zo.gradient_transform(name), optax.adam(1e-3)).init(params)
   assert jax.tree.leaves(chained) and len(jax.tree.leaves(chained)) == len(jax.tree.leaves(adam))
-  assert sum(x.nbytes for x in jax.tree.leaves(chained)) == sum(x.nbytes for x in jax.tree.leaves(adam))
+  assert sum(x.nbytes for x in jax.tree.leaves(chained)) == sum(
+    x.nbytes for x in jax.tree.leaves(adam)
+  )

@@ -108,9 +108,7 @@ def check_hyperparameter(name: str, value, *, minimum: float = 0.0, strict: bool
   if not is_concrete(value):
     return
   array = np.asarray(value)
-  if array.shape != () or not (
-    isinstance(value, Real) or np.issubdtype(array.dtype, np.number)
-  ):
+  if array.shape != () or not (isinstance(value, Real) or np.issubdtype(array.dtype, np.number)):
     raise ValueError(f"{name} must be a real scalar, got {value!r}")
   number = float(array)
   bound_ok = number > minimum if strict else number >= minimum
