@@ -172,7 +172,7 @@ def main(argv=None):
   parser.add_argument("--models", default="resnet20,resnet56,resnet110")
   parser.add_argument("--rounds", type=int, default=15)
   parser.add_argument("--iters", type=int, default=20)
-  parser.add_argument("--step-rounds", type=int, default=7)
+  parser.add_argument("--step-rounds", type=int, default=15)
   parser.add_argument("--batch", type=int, default=128)
   args = parser.parse_args(argv)
   print(
