@@ -47,7 +47,7 @@ for _path in (ROOT, ROOT / "examples"):  # `train`, `configs` and `plot_runs` (n
   if str(_path) not in sys.path:
     sys.path.insert(0, str(_path))
 
-from plot_runs import curve, load_metrics  # noqa: E402
+from plot_runs import curve, load_metrics, save_figure  # noqa: E402
 
 METHODS = ("adam", "centralize", "clip", "znorm")
 METHOD_CONFIGS = {m: f"configs.paper_{m}" for m in METHODS}
@@ -711,11 +711,7 @@ def plot_study(
     fontsize=10,
   )
   fig.tight_layout()
-  out = Path(out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(out, dpi=120)
-  plt.close(fig)
-  return out
+  return save_figure(fig, out)
 
 
 def write_report(

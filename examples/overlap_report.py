@@ -46,7 +46,7 @@ for _path in (ROOT, ROOT / "examples"):  # `train`, `configs` and `plot_runs` (n
   if str(_path) not in sys.path:
     sys.path.insert(0, str(_path))
 
-from plot_runs import load_metrics  # noqa: E402
+from plot_runs import load_metrics, save_figure  # noqa: E402
 
 RUNS = ("none", "znorm")  # grad_transform of each run (and its workdir name)
 LABELS = {"none": "Adam", "znorm": "Adam + ZNorm"}
@@ -202,7 +202,7 @@ def plot_gradient_scale(
   axes[1].legend(handles=handles, fontsize=8, loc="center right")
   _plain_log_ticks(axes[0])
   _finish(fig, title)
-  return _save(fig, plt, out)
+  return save_figure(fig, out, dpi=110)
 
 
 def plot_overlap_split(
@@ -251,15 +251,7 @@ def plot_overlap_split(
   axes[0].legend(handles=handles, fontsize=8, loc="best")
   _plain_log_ticks(axes[1])
   _finish(fig, title)
-  return _save(fig, plt, out)
-
-
-def _save(fig, plt, out) -> Path:
-  out = Path(out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(out, dpi=110)
-  plt.close(fig)
-  return out
+  return save_figure(fig, out, dpi=110)
 
 
 def summarize(runs: Mapping[str, Sequence[dict]]) -> list[str]:

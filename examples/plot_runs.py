@@ -161,9 +161,16 @@ def plot_runs(
     axes[-1].set_yscale("log")
   axes[0].legend(handles=handles, fontsize=8, loc="lower right")
   fig.tight_layout()
+  return save_figure(fig, out)
+
+
+def save_figure(fig, out: str | os.PathLike, dpi: int = 120) -> Path:
+  """Writes ``fig`` to ``out`` (creating its folder), closes it and returns the path."""
+  import matplotlib.pyplot as plt
+
   out = Path(out)
   out.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(out, dpi=120)
+  fig.savefig(out, dpi=dpi)
   plt.close(fig)
   return out
 
