@@ -56,14 +56,15 @@ def _last_scale_init(zero: bool):
     return nn.initializers.zeros if zero else nn.initializers.ones
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 convolutions with a residual connection (ResNet-18/34 and the CIFAR family).
+class ResidualBlock(nn.Module):
+    """Fields shared by the residual blocks; subclasses define the branch.
 
     Args:
-      filters: output channels.
+      filters: BasicBlock: output channels; BottleneckBlock: channels of the 3x3 convolution
+        (the block outputs 4 * filters).
       conv: convolution constructor (no bias, He init).
       norm: BatchNorm constructor with the train/eval mode already bound.
-      strides: stride of the first convolution and of the shortcut.
+      strides: stride of the (first) strided convolution and of the shortcut.
       shortcut: "A" or "B", used when the block changes shape.
       zero_init_residual: initialise the last BatchNorm scale to zero.
     """
@@ -74,6 +75,10 @@ class BasicBlock(nn.Module):
     strides: int = 1
     shortcut: str = "B"
     zero_init_residual: bool = False
+
+
+class BasicBlock(ResidualBlock):
+    """Two 3x3 convolutions with a residual connection (ResNet-18/34 and the CIFAR family)."""
 
     @nn.compact
     def __call__(self, x):
@@ -86,24 +91,8 @@ class BasicBlock(nn.Module):
         return nn.relu(y + skip)
 
 
-class BottleneckBlock(nn.Module):
-    """1x1 reduce, 3x3 (strided), 1x1 expand by 4, with a residual connection (ResNet-50+).
-
-    Args:
-      filters: channels of the 3x3 convolution; the block outputs 4 * filters.
-      conv: convolution constructor (no bias, He init).
-      norm: BatchNorm constructor with the train/eval mode already bound.
-      strides: stride of the 3x3 convolution and of the shortcut.
-      shortcut: "A" or "B", used when the block changes shape.
-      zero_init_residual: initialise the last BatchNorm scale to zero.
-    """
-
-    filters: int
-    conv: ModuleDef
-    norm: ModuleDef
-    strides: int = 1
-    shortcut: str = "B"
-    zero_init_residual: bool = False
+class BottleneckBlock(ResidualBlock):
+    """1x1 reduce, 3x3 (strided), 1x1 expand by 4, with a residual connection (ResNet-50+)."""
 
     @nn.compact
     def __call__(self, x):
