@@ -98,7 +98,8 @@ def train_py_rate(config, steps: int) -> float:
   with tempfile.TemporaryDirectory() as workdir:
     train.train_and_evaluate(run_config, workdir)
     first, second = [
-      row for row in metrics_io.read_metrics(f"{workdir}/{metrics_io.METRICS_FILE}")
+      row
+      for row in metrics_io.read_metrics(f"{workdir}/{metrics_io.METRICS_FILE}")
       if "kind" not in row
     ]
   return steps * config.batch_size / (second["wall_time"] - first["wall_time"])

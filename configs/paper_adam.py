@@ -4,6 +4,6 @@ from configs import default
 
 
 def get_config():
-    config = default.get_config()
-    config.grad_transform = "none"
-    return config
+  config = default.get_config()
+  config.grad_transform = "none"
+  return config

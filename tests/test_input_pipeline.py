@@ -15,9 +15,7 @@ import input_pipeline as ip
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REAL_DATA_DIR = os.path.join(ROOT, "..", "shared", "data", "tfds")
-HAS_REAL_DATA = os.path.isfile(
-    os.path.join(REAL_DATA_DIR, "cifar10", "3.0.2", "dataset_info.json")
-)
+HAS_REAL_DATA = os.path.isfile(os.path.join(REAL_DATA_DIR, "cifar10", "3.0.2", "dataset_info.json"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -26,81 +24,81 @@ HAS_REAL_DATA = os.path.isfile(
 
 
 @pytest.mark.parametrize(
-    "spec, expected",
-    [
-        ("train", [("train", 0, 100)]),
-        ("train[:40]", [("train", 0, 40)]),
-        ("train[10:]", [("train", 10, 100)]),
-        ("train[-5:]", [("train", 95, 100)]),
-        ("train[:10%]", [("train", 0, 10)]),
-        ("train[90%:]", [("train", 90, 100)]),
-        ("train[:3]+test[5:7]", [("train", 0, 3), ("test", 5, 7)]),
-    ],
+  "spec, expected",
+  [
+    ("train", [("train", 0, 100)]),
+    ("train[:40]", [("train", 0, 40)]),
+    ("train[10:]", [("train", 10, 100)]),
+    ("train[-5:]", [("train", 95, 100)]),
+    ("train[:10%]", [("train", 0, 10)]),
+    ("train[90%:]", [("train", 90, 100)]),
+    ("train[:3]+test[5:7]", [("train", 0, 3), ("test", 5, 7)]),
+  ],
 )
 def test_split_ranges(spec, expected):
-    assert ip.split_ranges(spec, {"train": 100, "test": 20}) == expected
+  assert ip.split_ranges(spec, {"train": 100, "test": 20}) == expected
 
 
 @pytest.mark.parametrize("spec", ["train[:200]", "validation", "train[", "train[a:b]"])
 def test_split_ranges_rejects_bad_specs(spec):
-    with pytest.raises(ValueError):
-        ip.split_ranges(spec, {"train": 100, "test": 20})
+  with pytest.raises(ValueError):
+    ip.split_ranges(spec, {"train": 100, "test": 20})
 
 
 def test_load_split_applies_the_slice_under_mock_data():
-    with tfds.testing.mock_data(num_examples=20):
-        images, labels = ip.load_split("cifar10", "train", data_dir="/nonexistent")
-        head, head_labels = ip.load_split("cifar10", "train[:7]", data_dir="/nonexistent")
-        tail, _ = ip.load_split("cifar10", "train[15:]")
-        both, both_labels = ip.load_split("cifar10", "train[:3]+test[:2]")
-        test_images, _ = ip.load_split("cifar10", "test")
-    assert images.shape == (20, 32, 32, 3) and images.dtype == np.uint8
-    assert labels.shape == (20,) and labels.dtype == np.int32
-    assert labels.min() >= 0 and labels.max() < 10
-    np.testing.assert_array_equal(head, images[:7])
-    np.testing.assert_array_equal(head_labels, labels[:7])
-    np.testing.assert_array_equal(tail, images[15:])
-    np.testing.assert_array_equal(both, np.concatenate([images[:3], test_images[:2]]))
-    assert both_labels.shape == (5,)
+  with tfds.testing.mock_data(num_examples=20):
+    images, labels = ip.load_split("cifar10", "train", data_dir="/nonexistent")
+    head, head_labels = ip.load_split("cifar10", "train[:7]", data_dir="/nonexistent")
+    tail, _ = ip.load_split("cifar10", "train[15:]")
+    both, both_labels = ip.load_split("cifar10", "train[:3]+test[:2]")
+    test_images, _ = ip.load_split("cifar10", "test")
+  assert images.shape == (20, 32, 32, 3) and images.dtype == np.uint8
+  assert labels.shape == (20,) and labels.dtype == np.int32
+  assert labels.min() >= 0 and labels.max() < 10
+  np.testing.assert_array_equal(head, images[:7])
+  np.testing.assert_array_equal(head_labels, labels[:7])
+  np.testing.assert_array_equal(tail, images[15:])
+  np.testing.assert_array_equal(both, np.concatenate([images[:3], test_images[:2]]))
+  assert both_labels.shape == (5,)
 
 
 def test_load_split_cifar100_under_mock_data():
-    with tfds.testing.mock_data(num_examples=8):
-        images, labels = ip.load_split("cifar100", "test[:50%]")
-    assert images.shape == (4, 32, 32, 3)
-    assert labels.max() < 100
+  with tfds.testing.mock_data(num_examples=8):
+    images, labels = ip.load_split("cifar100", "test[:50%]")
+  assert images.shape == (4, 32, 32, 3)
+  assert labels.max() < 100
 
 
 @pytest.mark.skipif(not HAS_REAL_DATA, reason="../shared/data/tfds is absent")
 def test_load_split_real_cifar10_slice_holds():
-    images, labels = ip.load_split("cifar10", "test[:1000]", REAL_DATA_DIR)
-    assert images.shape == (1000, 32, 32, 3) and images.dtype == np.uint8
-    assert labels.shape == (1000,) and set(np.unique(labels)) <= set(range(10))
-    tail, _ = ip.load_split("cifar10", "test[-10:]", REAL_DATA_DIR)
-    assert tail.shape == (10, 32, 32, 3)
-    assert not np.array_equal(tail, images[-10:])  # really the end of the split, not its start
-    assert 100 < images.mean() < 160  # real photos, not zeros
+  images, labels = ip.load_split("cifar10", "test[:1000]", REAL_DATA_DIR)
+  assert images.shape == (1000, 32, 32, 3) and images.dtype == np.uint8
+  assert labels.shape == (1000,) and set(np.unique(labels)) <= set(range(10))
+  tail, _ = ip.load_split("cifar10", "test[-10:]", REAL_DATA_DIR)
+  assert tail.shape == (10, 32, 32, 3)
+  assert not np.array_equal(tail, images[-10:])  # really the end of the split, not its start
+  assert 100 < images.mean() < 160  # real photos, not zeros
 
 
 def test_absent_dataset_offline_fails_fast_and_names_data_dir(tmp_path, monkeypatch):
-    monkeypatch.setattr(ip, "network_available", lambda *a, **k: False)
-    start = time.monotonic()
-    with pytest.raises(ip.DatasetNotFoundError, match="--config.data_dir") as info:
-        ip.load_split("cifar100", "train", data_dir=str(tmp_path))
-    assert time.monotonic() - start < 60
-    assert str(tmp_path) in str(info.value) and "\n" not in str(info.value)
+  monkeypatch.setattr(ip, "network_available", lambda *a, **k: False)
+  start = time.monotonic()
+  with pytest.raises(ip.DatasetNotFoundError, match="--config.data_dir") as info:
+    ip.load_split("cifar100", "train", data_dir=str(tmp_path))
+  assert time.monotonic() - start < 60
+  assert str(tmp_path) in str(info.value) and "\n" not in str(info.value)
 
 
 def test_absent_dataset_without_download_fails(tmp_path):
-    with pytest.raises(ip.DatasetNotFoundError, match="--config.data_dir"):
-        ip.load_split("cifar10", "test", data_dir=str(tmp_path), download=False)
+  with pytest.raises(ip.DatasetNotFoundError, match="--config.data_dir"):
+    ip.load_split("cifar10", "test", data_dir=str(tmp_path), download=False)
 
 
 def test_network_probe_gives_up_quickly():
-    start = time.monotonic()
-    # 192.0.2.0/24 is TEST-NET-1: never routed.
-    assert not ip.network_available("192.0.2.1", timeout=0.5)
-    assert time.monotonic() - start < 2.0
+  start = time.monotonic()
+  # 192.0.2.0/24 is TEST-NET-1: never routed.
+  assert not ip.network_available("192.0.2.1", timeout=0.5)
+  assert time.monotonic() - start < 2.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,45 +107,45 @@ def test_network_probe_gives_up_quickly():
 
 
 def test_epoch_order_depends_on_seed_and_epoch_only():
-    a = ip.epoch_permutation(3, 0, 50)
-    np.testing.assert_array_equal(a, np.random.default_rng([3, 0]).permutation(50))
-    np.testing.assert_array_equal(a, ip.epoch_permutation(3, 0, 50))
-    assert not np.array_equal(a, ip.epoch_permutation(3, 1, 50))
-    assert not np.array_equal(a, ip.epoch_permutation(4, 0, 50))
+  a = ip.epoch_permutation(3, 0, 50)
+  np.testing.assert_array_equal(a, np.random.default_rng([3, 0]).permutation(50))
+  np.testing.assert_array_equal(a, ip.epoch_permutation(3, 0, 50))
+  assert not np.array_equal(a, ip.epoch_permutation(3, 1, 50))
+  assert not np.array_equal(a, ip.epoch_permutation(4, 0, 50))
 
 
 def test_train_batches_cover_each_epoch_once():
-    n, bs = 50, 8  # 6 steps per epoch, 2 examples left out per epoch
-    for epoch in range(2):
-        steps = range(epoch * 6, (epoch + 1) * 6)
-        seen = np.concatenate([ip.train_batch_indices(0, s, n, bs) for s in steps])
-        assert len(seen) == len(set(seen.tolist())) == 48
-        np.testing.assert_array_equal(seen, ip.epoch_permutation(0, epoch, n)[:48])
-    with pytest.raises(ValueError, match="exceeds"):
-        ip.train_batch_indices(0, 0, 5, 8)
+  n, bs = 50, 8  # 6 steps per epoch, 2 examples left out per epoch
+  for epoch in range(2):
+    steps = range(epoch * 6, (epoch + 1) * 6)
+    seen = np.concatenate([ip.train_batch_indices(0, s, n, bs) for s in steps])
+    assert len(seen) == len(set(seen.tolist())) == 48
+    np.testing.assert_array_equal(seen, ip.epoch_permutation(0, epoch, n)[:48])
+  with pytest.raises(ValueError, match="exceeds"):
+    ip.train_batch_indices(0, 0, 5, 8)
 
 
 def test_host_slice_and_shard_batch():
-    x = np.arange(16)
-    parts = [ip.host_slice(x, p, 2) for p in range(2)]
-    np.testing.assert_array_equal(np.concatenate(parts), x)
-    sharded = ip.shard_batch(np.arange(24).reshape(8, 3), 4)
-    assert sharded.shape == (4, 2, 3)
-    np.testing.assert_array_equal(sharded[1], [[6, 7, 8], [9, 10, 11]])
-    with pytest.raises(ValueError):
-        ip.shard_batch(np.zeros(6), 4)
+  x = np.arange(16)
+  parts = [ip.host_slice(x, p, 2) for p in range(2)]
+  np.testing.assert_array_equal(np.concatenate(parts), x)
+  sharded = ip.shard_batch(np.arange(24).reshape(8, 3), 4)
+  assert sharded.shape == (4, 2, 3)
+  np.testing.assert_array_equal(sharded[1], [[6, 7, 8], [9, 10, 11]])
+  with pytest.raises(ValueError):
+    ip.shard_batch(np.zeros(6), 4)
 
 
 def test_pad_eval_split_masks_the_padding():
-    images = np.ones((10, 2, 2, 3), np.uint8)
-    labels = np.arange(10, dtype=np.int32)
-    pi, pl, mask = ip.pad_eval_split(images, labels, 4)
-    assert pi.shape == (12, 2, 2, 3) and pl.shape == (12,) and mask.shape == (12,)
-    np.testing.assert_array_equal(mask, [1] * 10 + [0] * 2)
-    np.testing.assert_array_equal(pl[:10], labels)
-    assert pi[10:].sum() == 0
-    _, _, mask = ip.pad_eval_split(images, labels, 5)
-    assert mask.shape == (10,) and mask.all()
+  images = np.ones((10, 2, 2, 3), np.uint8)
+  labels = np.arange(10, dtype=np.int32)
+  pi, pl, mask = ip.pad_eval_split(images, labels, 4)
+  assert pi.shape == (12, 2, 2, 3) and pl.shape == (12,) and mask.shape == (12,)
+  np.testing.assert_array_equal(mask, [1] * 10 + [0] * 2)
+  np.testing.assert_array_equal(pl[:10], labels)
+  assert pi[10:].sum() == 0
+  _, _, mask = ip.pad_eval_split(images, labels, 5)
+  assert mask.shape == (10,) and mask.all()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,57 +154,58 @@ def test_pad_eval_split_masks_the_padding():
 
 
 def _images(n=6, size=8, seed=0):
-    return np.random.default_rng(seed).integers(1, 256, (n, size, size, 3), dtype=np.uint8)
+  return np.random.default_rng(seed).integers(1, 256, (n, size, size, 3), dtype=np.uint8)
 
 
 def test_augment_centre_crop_is_identity_and_flip_mirrors():
-    x = jnp.asarray(_images())
-    centre = jnp.full((6, 2), 4, jnp.int32)
-    np.testing.assert_array_equal(ip.augment(x, centre, jnp.zeros(6, bool)), x)
-    np.testing.assert_array_equal(ip.augment(x, centre, jnp.ones(6, bool)), x[:, :, ::-1])
+  x = jnp.asarray(_images())
+  centre = jnp.full((6, 2), 4, jnp.int32)
+  np.testing.assert_array_equal(ip.augment(x, centre, jnp.zeros(6, bool)), x)
+  np.testing.assert_array_equal(ip.augment(x, centre, jnp.ones(6, bool)), x[:, :, ::-1])
 
 
 def test_augment_corner_crop_shifts_in_zeros():
-    x = jnp.asarray(_images())
-    out = np.asarray(ip.augment(x, jnp.zeros((6, 2), jnp.int32), jnp.zeros(6, bool)))
-    assert (out[:, :4] == 0).all() and (out[:, :, :4] == 0).all()
-    np.testing.assert_array_equal(out[:, 4:, 4:], np.asarray(x)[:, :4, :4])
+  x = jnp.asarray(_images())
+  out = np.asarray(ip.augment(x, jnp.zeros((6, 2), jnp.int32), jnp.zeros(6, bool)))
+  assert (out[:, :4] == 0).all() and (out[:, :, :4] == 0).all()
+  np.testing.assert_array_equal(out[:, 4:, 4:], np.asarray(x)[:, :4, :4])
 
 
 def test_augmentation_params_ranges_and_determinism():
-    key = jax.random.key(0)
-    offsets, flips = ip.augmentation_params(key, 512)
-    assert offsets.shape == (512, 2) and flips.shape == (512,)
-    assert int(offsets.min()) == 0 and int(offsets.max()) == 8
-    assert 0.3 < float(flips.mean()) < 0.7
-    again = ip.augmentation_params(key, 512)
-    np.testing.assert_array_equal(offsets, again[0])
+  key = jax.random.key(0)
+  offsets, flips = ip.augmentation_params(key, 512)
+  assert offsets.shape == (512, 2) and flips.shape == (512,)
+  assert int(offsets.min()) == 0 and int(offsets.max()) == 8
+  assert 0.3 < float(flips.mean()) < 0.7
+  again = ip.augmentation_params(key, 512)
+  np.testing.assert_array_equal(offsets, again[0])
 
 
 @pytest.mark.parametrize("num_devices", [1, 2, 4])
 def test_device_augmentation_does_not_depend_on_the_device_count(num_devices):
-    global_batch = 8
-    x = _images(global_batch, 32)
-    key = jax.random.key(7)
-    offsets, flips = ip.augmentation_params(key, global_batch)
-    expected = ip.augment(jnp.asarray(x), offsets, flips)
+  global_batch = 8
+  x = _images(global_batch, 32)
+  key = jax.random.key(7)
+  offsets, flips = ip.augmentation_params(key, global_batch)
+  expected = ip.augment(jnp.asarray(x), offsets, flips)
 
-    def per_device(images):
-        o, f = ip.augmentation_params(key, global_batch)
-        n = images.shape[0]
-        return ip.augment(images, ip.device_slice(o, n), ip.device_slice(f, n))
+  def per_device(images):
+    o, f = ip.augmentation_params(key, global_batch)
+    n = images.shape[0]
+    return ip.augment(images, ip.device_slice(o, n), ip.device_slice(f, n))
 
-    fn = jax.pmap(per_device, axis_name="batch", devices=jax.local_devices()[:num_devices])
-    out = fn(ip.shard_batch(x, num_devices)).reshape(x.shape)
-    np.testing.assert_array_equal(out, expected)
+  fn = jax.pmap(per_device, axis_name="batch", devices=jax.local_devices()[:num_devices])
+  out = fn(ip.shard_batch(x, num_devices)).reshape(x.shape)
+  np.testing.assert_array_equal(out, expected)
 
 
 def test_normalize_per_channel():
-    mean, std = (0.5, 0.25, 0.0), (0.5, 0.25, 1.0)
-    x = np.full((1, 2, 2, 3), 255, np.uint8)
-    out = np.asarray(ip.normalize(x, mean, std))
-    np.testing.assert_allclose(out[0, 0, 0], [1.0, 3.0, 1.0], rtol=1e-6)
-    assert ip.normalize(x, mean, std, jnp.bfloat16).dtype == jnp.bfloat16
-    norm = functools.partial(ip.normalize, mean=ip.DATASETS["cifar10"].mean,
-                             std=ip.DATASETS["cifar10"].std)
-    assert abs(float(norm(np.full((1, 1, 1, 3), 125, np.uint8)).mean())) < 0.1
+  mean, std = (0.5, 0.25, 0.0), (0.5, 0.25, 1.0)
+  x = np.full((1, 2, 2, 3), 255, np.uint8)
+  out = np.asarray(ip.normalize(x, mean, std))
+  np.testing.assert_allclose(out[0, 0, 0], [1.0, 3.0, 1.0], rtol=1e-6)
+  assert ip.normalize(x, mean, std, jnp.bfloat16).dtype == jnp.bfloat16
+  norm = functools.partial(
+    ip.normalize, mean=ip.DATASETS["cifar10"].mean, std=ip.DATASETS["cifar10"].std
+  )
+  assert abs(float(norm(np.full((1, 1, 1, 3), 125, np.uint8)).mean())) < 0.1

@@ -26,31 +26,34 @@ import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # for `configs` (not an installed package)
-    sys.path.insert(0, ROOT)
+  sys.path.insert(0, ROOT)
 
 from configs import default  # noqa: E402
 
 REAL_DATA_DIR = os.path.join(ROOT, "..", "shared", "data", "tfds")
-HAS_REAL_DATA = os.path.isfile(
-    os.path.join(REAL_DATA_DIR, "cifar10", "3.0.2", "dataset_info.json")
-)
+HAS_REAL_DATA = os.path.isfile(os.path.join(REAL_DATA_DIR, "cifar10", "3.0.2", "dataset_info.json"))
 MOCK_EXAMPLES = 64  # per split: 4 steps per epoch at batch 16
 
 # A small run: 12 steps = 3 epochs, evaluation every 4 steps over 64 examples padded to 72
 # (eval batch 24), a checkpoint every 2 steps.
 TINY = dict(
-    model_widths=(4, 8, 16),
-    batch_size=16,
-    eval_batch_size=24,
-    num_train_steps=12,
-    eval_every_steps=4,
-    checkpoint_every_steps=2,
-    log_every_steps=2,
-    num_devices=4,
+  model_widths=(4, 8, 16),
+  batch_size=16,
+  eval_batch_size=24,
+  num_train_steps=12,
+  eval_every_steps=4,
+  checkpoint_every_steps=2,
+  log_every_steps=2,
+  num_devices=4,
 )
 DETERMINISTIC_FIELDS = (
-    "step", "epoch", "train_loss", "train_accuracy", "eval_loss", "eval_accuracy",
-    "learning_rate",
+  "step",
+  "epoch",
+  "train_loss",
+  "train_accuracy",
+  "eval_loss",
+  "eval_accuracy",
+  "learning_rate",
 )
 
 # Run by the subprocesses: argv = workdir, json overrides, npz path for the final state.
@@ -76,38 +79,42 @@ np.savez(out, **{{jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}})
 
 
 def tiny_config(**overrides):
-    config = default.get_config()
-    config.update({**TINY, **overrides})
-    return config
+  config = default.get_config()
+  config.update({**TINY, **overrides})
+  return config
 
 
 def flat_state(state) -> dict:
-    tree = {"params": state.params, "batch_stats": state.batch_stats, "step": state.step,
-            "opt_state": state.opt_state}
-    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}
+  tree = {
+    "params": state.params,
+    "batch_stats": state.batch_stats,
+    "step": state.step,
+    "opt_state": state.opt_state,
+  }
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}
 
 
 def read_metrics(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
 
 
 def finalized_steps(workdir):
-    ckpt = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(ckpt):
-        return []
-    return sorted(int(d) for d in os.listdir(ckpt) if d.isdigit())
+  ckpt = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(ckpt):
+    return []
+  return sorted(int(d) for d in os.listdir(ckpt) if d.isdigit())
 
 
 def subprocess_env(cache_dir):
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-    env["JAX_PLATFORMS"] = "cpu"
-    env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)
-    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    env["CUDA_VISIBLE_DEVICES"] = ""
-    return env
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+  env["JAX_PLATFORMS"] = "cpu"
+  env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)
+  env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+  env["CUDA_VISIBLE_DEVICES"] = ""
+  return env
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,98 +123,117 @@ def subprocess_env(cache_dir):
 
 
 def test_default_config_follows_the_paper_setting():
-    config = default.get_config()
-    assert config.model == "resnet20" and config.dataset == "cifar10"
-    assert config.optimizer == "adam" and config.learning_rate == 1e-3
-    assert config.batch_size == 128 and config.bn_momentum == 0.9
-    assert config.grad_transform == "znorm"
-    assert 0 < config.warmup_fraction <= 0.05
-    assert config.data_dir is None  # a placeholder, overridable from the command line
+  config = default.get_config()
+  assert config.model == "resnet20" and config.dataset == "cifar10"
+  assert config.optimizer == "adam" and config.learning_rate == 1e-3
+  assert config.batch_size == 128 and config.bn_momentum == 0.9
+  assert config.grad_transform == "znorm"
+  assert 0 < config.warmup_fraction <= 0.05
+  assert config.data_dir is None  # a placeholder, overridable from the command line
 
 
 @pytest.mark.parametrize(
-    "name, transform", [("paper_adam", "none"), ("paper_centralize", "centralize"),
-                        ("paper_clip", "clip"), ("paper_znorm", "znorm")],
+  "name, transform",
+  [
+    ("paper_adam", "none"),
+    ("paper_centralize", "centralize"),
+    ("paper_clip", "clip"),
+    ("paper_znorm", "znorm"),
+  ],
 )
 def test_paper_configs_differ_from_default_in_the_transform(name, transform):
-    module = __import__(f"configs.{name}", fromlist=["get_config"])
-    config, base = module.get_config(), default.get_config()
-    assert config.grad_transform == transform
-    differing = {k for k in base.keys() if config[k] != base[k]}
-    assert differing <= {"grad_transform", "grad_transform_params"}
-    train.validate_config(config, 4)
+  module = __import__(f"configs.{name}", fromlist=["get_config"])
+  config, base = module.get_config(), default.get_config()
+  assert config.grad_transform == transform
+  differing = {k for k in base.keys() if config[k] != base[k]}
+  assert differing <= {"grad_transform", "grad_transform_params"}
+  train.validate_config(config, 4)
 
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine", "step"])
 def test_learning_rate_schedule_warms_up_then_decays(schedule):
-    config = default.get_config()
-    config.schedule = schedule
-    fn = train.create_learning_rate_schedule(config, 1000)  # 50 warmup steps
-    assert float(fn(0)) == 0.0
-    assert float(fn(25)) == pytest.approx(5e-4)
-    assert float(fn(50)) == pytest.approx(1e-3)
-    end = float(fn(999))
-    expected = {"constant": 1e-3, "cosine": 0.0, "step": 1e-5}[schedule]
-    assert end == pytest.approx(expected, abs=1e-7)
-    if schedule == "step":
-        assert float(fn(499)) == pytest.approx(1e-3) and float(fn(501)) == pytest.approx(1e-4)
+  config = default.get_config()
+  config.schedule = schedule
+  fn = train.create_learning_rate_schedule(config, 1000)  # 50 warmup steps
+  assert float(fn(0)) == 0.0
+  assert float(fn(25)) == pytest.approx(5e-4)
+  assert float(fn(50)) == pytest.approx(1e-3)
+  end = float(fn(999))
+  expected = {"constant": 1e-3, "cosine": 0.0, "step": 1e-5}[schedule]
+  assert end == pytest.approx(expected, abs=1e-7)
+  if schedule == "step":
+    assert float(fn(499)) == pytest.approx(1e-3) and float(fn(501)) == pytest.approx(1e-4)
 
 
 @pytest.mark.parametrize("transform", ["none", "znorm", "centralize", "clip", "clip_layer"])
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
 def test_optimizer_updates_with_every_transform(optimizer, transform):
-    config = default.get_config()
-    config.update(dict(optimizer=optimizer, grad_transform=transform, weight_decay=1e-4,
-                       warmup_fraction=0.0))
-    tx, _ = train.create_optimizer(config, 10)
-    params = {"dense": {"kernel": np.ones((3, 2), np.float32), "bias": np.ones(2, np.float32)}}
-    grads = {"dense": {"kernel": np.arange(6, dtype=np.float32).reshape(3, 2),
-                       "bias": np.array([0.5, -0.5], np.float32)}}
-    updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
-    for leaf in jax.tree.leaves(updates):
-        assert np.isfinite(leaf).all() and np.abs(leaf).max() > 0
+  config = default.get_config()
+  config.update(
+    dict(optimizer=optimizer, grad_transform=transform, weight_decay=1e-4, warmup_fraction=0.0)
+  )
+  tx, _ = train.create_optimizer(config, 10)
+  params = {"dense": {"kernel": np.ones((3, 2), np.float32), "bias": np.ones(2, np.float32)}}
+  grads = {
+    "dense": {
+      "kernel": np.arange(6, dtype=np.float32).reshape(3, 2),
+      "bias": np.array([0.5, -0.5], np.float32),
+    }
+  }
+  updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+  for leaf in jax.tree.leaves(updates):
+    assert np.isfinite(leaf).all() and np.abs(leaf).max() > 0
 
 
 def test_weight_decay_only_touches_kernels():
-    config = default.get_config()
-    config.update(dict(optimizer="sgd", momentum=0.0, grad_transform="none", weight_decay=0.1,
-                       schedule="constant", warmup_fraction=0.0, learning_rate=1.0))
-    tx, _ = train.create_optimizer(config, 10)
-    params = {"kernel": np.ones((2, 2), np.float32), "bias": np.ones(2, np.float32)}
-    zeros = jax.tree.map(np.zeros_like, params)
-    updates, _ = tx.update(zeros, tx.init(params), params)
-    np.testing.assert_allclose(updates["kernel"], -0.1)
-    np.testing.assert_allclose(updates["bias"], 0.0)
+  config = default.get_config()
+  config.update(
+    dict(
+      optimizer="sgd",
+      momentum=0.0,
+      grad_transform="none",
+      weight_decay=0.1,
+      schedule="constant",
+      warmup_fraction=0.0,
+      learning_rate=1.0,
+    )
+  )
+  tx, _ = train.create_optimizer(config, 10)
+  params = {"kernel": np.ones((2, 2), np.float32), "bias": np.ones(2, np.float32)}
+  zeros = jax.tree.map(np.zeros_like, params)
+  updates, _ = tx.update(zeros, tx.init(params), params)
+  np.testing.assert_allclose(updates["kernel"], -0.1)
+  np.testing.assert_allclose(updates["bias"], 0.0)
 
 
 @pytest.mark.parametrize(
-    "field, value, match",
-    [
-        ("model", "resnet21", "valid values: resnet20, resnet32"),
-        ("optimizer", "lamb", "valid values: adam, adamw, sgd"),
-        ("grad_transform", "zscore", "valid values: none, znorm, centralize, clip, clip_layer"),
-        ("schedule", "linear", "valid values: constant, cosine, step"),
-        ("dataset", "mnist", "valid values: cifar10, cifar100"),
-        ("dtype", "float8", "valid values: float32, bfloat16"),
-        ("batch_size", 18, "not divisible by the 4 devices"),
-        ("eval_batch_size", 10, "not divisible by the 4 devices"),
-        ("znorm_eps", -1.0, "eps"),
-        ("num_devices", 9, "num_devices=9"),
-    ],
+  "field, value, match",
+  [
+    ("model", "resnet21", "valid values: resnet20, resnet32"),
+    ("optimizer", "lamb", "valid values: adam, adamw, sgd"),
+    ("grad_transform", "zscore", "valid values: none, znorm, centralize, clip, clip_layer"),
+    ("schedule", "linear", "valid values: constant, cosine, step"),
+    ("dataset", "mnist", "valid values: cifar10, cifar100"),
+    ("dtype", "float8", "valid values: float32, bfloat16"),
+    ("batch_size", 18, "not divisible by the 4 devices"),
+    ("eval_batch_size", 10, "not divisible by the 4 devices"),
+    ("znorm_eps", -1.0, "eps"),
+    ("num_devices", 9, "num_devices=9"),
+  ],
 )
 def test_bad_config_fails_before_loading_data(tmp_path, field, value, match):
-    config = tiny_config(**{field: value, "data_dir": str(tmp_path / "no_data_here")})
-    start = time.monotonic()
-    with pytest.raises(ValueError, match=match) as info:
-        train.train_and_evaluate(config, str(tmp_path / "work"))
-    assert "\n" not in str(info.value)
-    assert time.monotonic() - start < 5  # no data loading, no compilation
+  config = tiny_config(**{field: value, "data_dir": str(tmp_path / "no_data_here")})
+  start = time.monotonic()
+  with pytest.raises(ValueError, match=match) as info:
+    train.train_and_evaluate(config, str(tmp_path / "work"))
+  assert "\n" not in str(info.value)
+  assert time.monotonic() - start < 5  # no data loading, no compilation
 
 
 def test_split_larger_than_the_dataset_is_a_clear_error(tmp_path):
-    with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-        with pytest.raises(ValueError, match="--config.train_split=train\\[:100\\]"):
-            train.train_and_evaluate(tiny_config(train_split="train[:100]"), str(tmp_path))
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    with pytest.raises(ValueError, match="--config.train_split=train\\[:100\\]"):
+      train.train_and_evaluate(tiny_config(train_split="train[:100]"), str(tmp_path))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,189 +243,196 @@ def test_split_larger_than_the_dataset_is_a_clear_error(tmp_path):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Subprocess runs of the TINY config on 4 devices:
+  """Subprocess runs of the TINY config on 4 devices:
 
-    * ``ref``: uninterrupted (it fills the compilation cache for the others);
-    * ``kill``: SIGKILLed as soon as its first checkpoint is complete, then given a fake
-      half-written later checkpoint and a cut metrics line (a kill during a checkpoint or a
-      metrics write), then re-run to the end;
-    * ``term``: sent SIGTERM after its first checkpoint (saves and exits 0), then re-run.
-    """
-    base = tmp_path_factory.mktemp("runs")
-    env = subprocess_env(base / "jax_cache")
-    script = base / "run.py"
-    script.write_text(RUN_SCRIPT)
-    overrides = json.dumps(TINY)
+  * ``ref``: uninterrupted (it fills the compilation cache for the others);
+  * ``kill``: SIGKILLed as soon as its first checkpoint is complete, then given a fake
+    half-written later checkpoint and a cut metrics line (a kill during a checkpoint or a
+    metrics write), then re-run to the end;
+  * ``term``: sent SIGTERM after its first checkpoint (saves and exits 0), then re-run.
+  """
+  base = tmp_path_factory.mktemp("runs")
+  env = subprocess_env(base / "jax_cache")
+  script = base / "run.py"
+  script.write_text(RUN_SCRIPT)
+  overrides = json.dumps(TINY)
 
-    def start(name, out):
-        workdir = base / name
-        return subprocess.Popen(
-            [sys.executable, str(script), str(workdir), overrides, str(base / out)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
+  def start(name, out):
+    workdir = base / name
+    return subprocess.Popen(
+      [sys.executable, str(script), str(workdir), overrides, str(base / out)],
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
 
-    first = {}
-    ref = start("ref", "ref.npz")
-    out, err = ref.communicate(timeout=240)
-    first["ref"] = {"rc": ref.returncode, "stdout": out, "stderr": err}
-    assert ref.returncode == 0, err[-3000:]
+  first = {}
+  ref = start("ref", "ref.npz")
+  out, err = ref.communicate(timeout=240)
+  first["ref"] = {"rc": ref.returncode, "stdout": out, "stderr": err}
+  assert ref.returncode == 0, err[-3000:]
 
-    procs = {"kill": start("kill", "kill_first.npz"), "term": start("term", "term_first.npz")}
-    signals = {"kill": signal.SIGKILL, "term": signal.SIGTERM}
-    sent = {}
-    deadline = time.monotonic() + 240
-    while any(p.poll() is None for p in procs.values()) and time.monotonic() < deadline:
-        for name, sig in signals.items():
-            if name not in sent and procs[name].poll() is None and finalized_steps(base / name):
-                procs[name].send_signal(sig)
-                sent[name] = finalized_steps(base / name)
-        time.sleep(0.02)
-    for name, p in procs.items():
-        if p.poll() is None:
-            p.kill()
-        out, err = p.communicate()
-        first[name] = {"rc": p.returncode, "stdout": out, "stderr": err}
+  procs = {"kill": start("kill", "kill_first.npz"), "term": start("term", "term_first.npz")}
+  signals = {"kill": signal.SIGKILL, "term": signal.SIGTERM}
+  sent = {}
+  deadline = time.monotonic() + 240
+  while any(p.poll() is None for p in procs.values()) and time.monotonic() < deadline:
+    for name, sig in signals.items():
+      if name not in sent and procs[name].poll() is None and finalized_steps(base / name):
+        procs[name].send_signal(sig)
+        sent[name] = finalized_steps(base / name)
+    time.sleep(0.02)
+  for name, p in procs.items():
+    if p.poll() is None:
+      p.kill()
+    out, err = p.communicate()
+    first[name] = {"rc": p.returncode, "stdout": out, "stderr": err}
 
-    # The kill may have landed anywhere; add the debris of a kill during a checkpoint write and
-    # during a metrics write on top.
-    kill_dir = base / "kill"
-    killed_at = finalized_steps(kill_dir)
-    debris = kill_dir / "checkpoints" / f"{max(killed_at) + 2}.orbax-checkpoint-tmp-1234567"
-    (debris / "default").mkdir(parents=True)
-    (debris / "default" / "_METADATA").write_text('{"tree_metadata": {"pa')
-    with open(kill_dir / "metrics.jsonl", "a") as f:
-        f.write('{"step": 1000, "epoch": 2')
+  # The kill may have landed anywhere; add the debris of a kill during a checkpoint write and
+  # during a metrics write on top.
+  kill_dir = base / "kill"
+  killed_at = finalized_steps(kill_dir)
+  debris = kill_dir / "checkpoints" / f"{max(killed_at) + 2}.orbax-checkpoint-tmp-1234567"
+  (debris / "default").mkdir(parents=True)
+  (debris / "default" / "_METADATA").write_text('{"tree_metadata": {"pa')
+  with open(kill_dir / "metrics.jsonl", "a") as f:
+    f.write('{"step": 1000, "epoch": 2')
 
-    again = {"kill": start("kill", "kill.npz"), "term": start("term", "term.npz")}
-    second = {}
-    for name, p in again.items():
-        out, err = p.communicate(timeout=240)
-        second[name] = {"rc": p.returncode, "stdout": out, "stderr": err}
-    return {"base": base, "first": first, "second": second, "sent": sent,
-            "killed_at": killed_at}
+  again = {"kill": start("kill", "kill.npz"), "term": start("term", "term.npz")}
+  second = {}
+  for name, p in again.items():
+    out, err = p.communicate(timeout=240)
+    second[name] = {"rc": p.returncode, "stdout": out, "stderr": err}
+  return {"base": base, "first": first, "second": second, "sent": sent, "killed_at": killed_at}
 
 
 def load_npz(path):
-    with np.load(path) as z:
-        return {k: z[k] for k in z.files}
+  with np.load(path) as z:
+    return {k: z[k] for k in z.files}
 
 
 def test_smoke_run_writes_all_outputs(runs):
-    workdir = runs["base"] / "ref"
-    assert "Done at step 12" in runs["first"]["ref"]["stdout"]
-    rows = read_metrics(workdir)
-    assert [r["step"] for r in rows] == [4, 8, 12]
-    for r in rows:
-        for key in DETERMINISTIC_FIELDS + ("images_per_second", "wall_time"):
-            assert key in r
-        assert 0.0 <= r["train_accuracy"] <= 1.0 and 0.0 <= r["eval_accuracy"] <= 1.0
-        assert np.isfinite(r["train_loss"]) and np.isfinite(r["eval_loss"])
-        assert r["images_per_second"] > 0
-    assert rows[-1]["epoch"] == 3.0
-    config = json.loads((workdir / "config.json").read_text())
-    assert config["model"] == "resnet20" and config["num_train_steps"] == 12
-    assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
-    assert finalized_steps(workdir) == [8, 10, 12]  # keep_checkpoints=3
-    assert int(load_npz(runs["base"] / "ref.npz")["['step']"]) == 12
+  workdir = runs["base"] / "ref"
+  assert "Done at step 12" in runs["first"]["ref"]["stdout"]
+  rows = read_metrics(workdir)
+  assert [r["step"] for r in rows] == [4, 8, 12]
+  for r in rows:
+    for key in DETERMINISTIC_FIELDS + ("images_per_second", "wall_time"):
+      assert key in r
+    assert 0.0 <= r["train_accuracy"] <= 1.0 and 0.0 <= r["eval_accuracy"] <= 1.0
+    assert np.isfinite(r["train_loss"]) and np.isfinite(r["eval_loss"])
+    assert r["images_per_second"] > 0
+  assert rows[-1]["epoch"] == 3.0
+  config = json.loads((workdir / "config.json").read_text())
+  assert config["model"] == "resnet20" and config["num_train_steps"] == 12
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
+  assert finalized_steps(workdir) == [8, 10, 12]  # keep_checkpoints=3
+  assert int(load_npz(runs["base"] / "ref.npz")["['step']"]) == 12
 
 
 def test_eval_counts_every_example_once(tmp_path):
-    """64 eval examples in batches of 24: the padded 8 must not count."""
-    config = tiny_config(num_train_steps=1, num_devices=2)
-    model = train.create_model(config, 10)
-    tx, _ = train.create_optimizer(config, 1)
-    state = train.initial_state(config, model, tx, (32, 32, 3))
-    with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-        images, labels = ip.load_split("cifar10", "test")
-    fn = jax.pmap(functools.partial(train.eval_step, apply_fn=model.apply, mean=(0.5,) * 3,
-                                    std=(0.25,) * 3), axis_name="batch",
-                  devices=jax.local_devices()[:2])
-    pi, pl, mask = ip.pad_eval_split(images, labels, 24)
-    rep = jax.tree.map(lambda x: np.stack([x, x]), state)
-    total = np.zeros(3)
-    for i in range(0, len(pi), 24):
-        out = fn(rep, *(ip.shard_batch(a[i:i + 24], 2) for a in (pi, pl, mask)))
-        total += [float(out["loss"][0]), float(out["correct"][0]), float(out["count"][0])]
-    assert total[2] == 64
-    logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                         ip.normalize(images, (0.5,) * 3, (0.25,) * 3), train=False)
-    correct = float((np.argmax(logits, -1) == labels).sum())
-    assert total[1] == correct
+  """64 eval examples in batches of 24: the padded 8 must not count."""
+  config = tiny_config(num_train_steps=1, num_devices=2)
+  model = train.create_model(config, 10)
+  tx, _ = train.create_optimizer(config, 1)
+  state = train.initial_state(config, model, tx, (32, 32, 3))
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    images, labels = ip.load_split("cifar10", "test")
+  fn = jax.pmap(
+    functools.partial(train.eval_step, apply_fn=model.apply, mean=(0.5,) * 3, std=(0.25,) * 3),
+    axis_name="batch",
+    devices=jax.local_devices()[:2],
+  )
+  pi, pl, mask = ip.pad_eval_split(images, labels, 24)
+  rep = jax.tree.map(lambda x: np.stack([x, x]), state)
+  total = np.zeros(3)
+  for i in range(0, len(pi), 24):
+    out = fn(rep, *(ip.shard_batch(a[i : i + 24], 2) for a in (pi, pl, mask)))
+    total += [float(out["loss"][0]), float(out["correct"][0]), float(out["count"][0])]
+  assert total[2] == 64
+  logits = model.apply(
+    {"params": state.params, "batch_stats": state.batch_stats},
+    ip.normalize(images, (0.5,) * 3, (0.25,) * 3),
+    train=False,
+  )
+  correct = float((np.argmax(logits, -1) == labels).sum())
+  assert total[1] == correct
 
 
 def test_checkpoint_restores_the_final_state(runs):
-    workdir = runs["base"] / "ref"
-    config = tiny_config()
-    model = train.create_model(config, 10)
-    tx, _ = train.create_optimizer(config, 12)
-    like = train.initial_state(config, model, tx, (32, 32, 3))
-    state, sums = checkpointing.restore_checkpoint(str(workdir), like)
-    assert int(state.step) == 12
-    assert jax.tree.structure(state.opt_state) == jax.tree.structure(like.opt_state)
-    ref = load_npz(runs["base"] / "ref.npz")
-    restored = flat_state(state)
-    assert restored.keys() == ref.keys()
-    for k in ref:
-        np.testing.assert_array_equal(restored[k], ref[k], err_msg=k)
-    np.testing.assert_array_equal(sums, 0.0)  # the last step was an evaluation
+  workdir = runs["base"] / "ref"
+  config = tiny_config()
+  model = train.create_model(config, 10)
+  tx, _ = train.create_optimizer(config, 12)
+  like = train.initial_state(config, model, tx, (32, 32, 3))
+  state, sums = checkpointing.restore_checkpoint(str(workdir), like)
+  assert int(state.step) == 12
+  assert jax.tree.structure(state.opt_state) == jax.tree.structure(like.opt_state)
+  ref = load_npz(runs["base"] / "ref.npz")
+  restored = flat_state(state)
+  assert restored.keys() == ref.keys()
+  for k in ref:
+    np.testing.assert_array_equal(restored[k], ref[k], err_msg=k)
+  np.testing.assert_array_equal(sums, 0.0)  # the last step was an evaluation
 
 
 def _assert_same_run(runs, name):
-    ref = load_npz(runs["base"] / "ref.npz")
-    got = load_npz(runs["base"] / f"{name}.npz")
-    assert got.keys() == ref.keys()
-    for k in ref:
-        np.testing.assert_array_equal(got[k], ref[k], err_msg=k)  # bit-identical
-    ref_rows, rows = read_metrics(runs["base"] / "ref"), read_metrics(runs["base"] / name)
-    assert len(rows) == len(ref_rows) == 3
-    for a, b in zip(ref_rows, rows, strict=True):
-        assert {k: a[k] for k in DETERMINISTIC_FIELDS} == {k: b[k] for k in DETERMINISTIC_FIELDS}
+  ref = load_npz(runs["base"] / "ref.npz")
+  got = load_npz(runs["base"] / f"{name}.npz")
+  assert got.keys() == ref.keys()
+  for k in ref:
+    np.testing.assert_array_equal(got[k], ref[k], err_msg=k)  # bit-identical
+  ref_rows, rows = read_metrics(runs["base"] / "ref"), read_metrics(runs["base"] / name)
+  assert len(rows) == len(ref_rows) == 3
+  for a, b in zip(ref_rows, rows, strict=True):
+    assert {k: a[k] for k in DETERMINISTIC_FIELDS} == {k: b[k] for k in DETERMINISTIC_FIELDS}
 
 
 def test_sigkill_and_resume_gives_identical_results(runs):
-    first, second = runs["first"]["kill"], runs["second"]["kill"]
-    assert first["rc"] == -signal.SIGKILL, "the run ended before it could be killed"
-    resumed_from = max(runs["killed_at"])
-    assert 2 <= resumed_from < 12
-    assert f"Resumed from step {resumed_from}" in second["stdout"], second["stderr"][-3000:]
-    assert second["rc"] == 0
-    assert not [d for d in os.listdir(runs["base"] / "kill" / "checkpoints") if "tmp" in d]
-    _assert_same_run(runs, "kill")
+  first, second = runs["first"]["kill"], runs["second"]["kill"]
+  assert first["rc"] == -signal.SIGKILL, "the run ended before it could be killed"
+  resumed_from = max(runs["killed_at"])
+  assert 2 <= resumed_from < 12
+  assert f"Resumed from step {resumed_from}" in second["stdout"], second["stderr"][-3000:]
+  assert second["rc"] == 0
+  assert not [d for d in os.listdir(runs["base"] / "kill" / "checkpoints") if "tmp" in d]
+  _assert_same_run(runs, "kill")
 
 
 def test_sigterm_saves_exits_cleanly_and_resumes_identically(runs):
-    first, second = runs["first"]["term"], runs["second"]["term"]
-    assert first["rc"] == 0, first["stderr"][-3000:]
-    assert "SIGTERM: stopped at step" in first["stdout"]
-    stopped = int(load_npz(runs["base"] / "term_first.npz")["['step']"])
-    assert stopped < 12, "the run ended before SIGTERM arrived"
-    assert f"(checkpoint at step {stopped})" in first["stdout"]
-    assert f"Resumed from step {stopped}" in second["stdout"]
-    assert second["rc"] == 0
-    _assert_same_run(runs, "term")
+  first, second = runs["first"]["term"], runs["second"]["term"]
+  assert first["rc"] == 0, first["stderr"][-3000:]
+  assert "SIGTERM: stopped at step" in first["stdout"]
+  stopped = int(load_npz(runs["base"] / "term_first.npz")["['step']"])
+  assert stopped < 12, "the run ended before SIGTERM arrived"
+  assert f"(checkpoint at step {stopped})" in first["stdout"]
+  assert f"Resumed from step {stopped}" in second["stdout"]
+  assert second["rc"] == 0
+  _assert_same_run(runs, "term")
 
 
 def test_four_devices_match_one_device(runs, tmp_path):
-    """Same global batch over 1 device (this process) and 4 (the reference subprocess), with
-    synchronized BatchNorm and device-count-invariant augmentation."""
-    with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-        state = train.train_and_evaluate(tiny_config(num_devices=1), str(tmp_path))
-    one = flat_state(state)
-    four = load_npz(runs["base"] / "ref.npz")
-    assert one.keys() == four.keys()
-    worst = max(float(np.max(np.abs(one[k] - four[k]))) for k in one)
-    assert worst < 1e-5, worst
-    rows1, rows4 = read_metrics(tmp_path), read_metrics(runs["base"] / "ref")
-    for a, b in zip(rows1, rows4, strict=True):
-        for k in ("train_loss", "eval_loss"):
-            assert a[k] == pytest.approx(b[k], rel=1e-4)
+  """Same global batch over 1 device (this process) and 4 (the reference subprocess), with
+  synchronized BatchNorm and device-count-invariant augmentation."""
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    state = train.train_and_evaluate(tiny_config(num_devices=1), str(tmp_path))
+  one = flat_state(state)
+  four = load_npz(runs["base"] / "ref.npz")
+  assert one.keys() == four.keys()
+  worst = max(float(np.max(np.abs(one[k] - four[k]))) for k in one)
+  assert worst < 1e-5, worst
+  rows1, rows4 = read_metrics(tmp_path), read_metrics(runs["base"] / "ref")
+  for a, b in zip(rows1, rows4, strict=True):
+    for k in ("train_loss", "eval_loss"):
+      assert a[k] == pytest.approx(b[k], rel=1e-4)
 
-    # Re-running a finished run resumes at its end and changes nothing.
-    with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-        again = train.train_and_evaluate(tiny_config(num_devices=1), str(tmp_path))
-    assert read_metrics(tmp_path) == rows1
-    for k, v in flat_state(again).items():
-        np.testing.assert_array_equal(v, one[k])
+  # Re-running a finished run resumes at its end and changes nothing.
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    again = train.train_and_evaluate(tiny_config(num_devices=1), str(tmp_path))
+  assert read_metrics(tmp_path) == rows1
+  for k, v in flat_state(again).items():
+    np.testing.assert_array_equal(v, one[k])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -417,31 +450,34 @@ runpy.run_path({os.path.join(ROOT, "train.py")!r}, run_name="__main__")
 
 
 @pytest.mark.parametrize(
-    "args, match",
-    [
-        (["--config.model=resnet21"], "unknown model 'resnet21'; valid values: resnet20"),
-        (["--config.optimizer=lamb"], "valid values: adam, adamw, sgd"),
-        (["--config.grad_transform=zscore"], "valid values: none, znorm, centralize"),
-        (["--config.batch_size=130"], "batch_size=130 is not divisible by the 4 devices"),
-        (["--config.dataset=cifar100", "--config.data_dir={empty}"], "--config.data_dir"),
-        (["--config.nosuchfield=1"], "no field"),
-    ],
+  "args, match",
+  [
+    (["--config.model=resnet21"], "unknown model 'resnet21'; valid values: resnet20"),
+    (["--config.optimizer=lamb"], "valid values: adam, adamw, sgd"),
+    (["--config.grad_transform=zscore"], "valid values: none, znorm, centralize"),
+    (["--config.batch_size=130"], "batch_size=130 is not divisible by the 4 devices"),
+    (["--config.dataset=cifar100", "--config.data_dir={empty}"], "--config.data_dir"),
+    (["--config.nosuchfield=1"], "no field"),
+  ],
 )
 def test_cli_errors_are_one_line(tmp_path, args, match):
-    empty = tmp_path / "empty_data_dir"
-    empty.mkdir()
-    args = [a.format(empty=empty) for a in args]
-    start = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-c", CLI_WRAPPER, f"--workdir={tmp_path / 'work'}", *args],
-        env=subprocess_env(tmp_path / "cache"), capture_output=True, text=True, timeout=120,
-    )
-    assert time.monotonic() - start < 60
-    assert proc.returncode != 0
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("error: ") and match in lines[0], lines[0]
-    assert "Traceback" not in proc.stderr + proc.stdout
+  empty = tmp_path / "empty_data_dir"
+  empty.mkdir()
+  args = [a.format(empty=empty) for a in args]
+  start = time.monotonic()
+  proc = subprocess.run(
+    [sys.executable, "-c", CLI_WRAPPER, f"--workdir={tmp_path / 'work'}", *args],
+    env=subprocess_env(tmp_path / "cache"),
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert time.monotonic() - start < 60
+  assert proc.returncode != 0
+  lines = [line for line in proc.stderr.splitlines() if line.strip()]
+  assert len(lines) == 1, proc.stderr
+  assert lines[0].startswith("error: ") and match in lines[0], lines[0]
+  assert "Traceback" not in proc.stderr + proc.stdout
 
 
 # ---------------------------------------------------------------------------------------------
@@ -452,16 +488,22 @@ def test_cli_errors_are_one_line(tmp_path, args, match):
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_REAL_DATA, reason="../shared/data/tfds is absent")
 def test_integration_resnet20_znorm_learns_real_cifar10(tmp_path):
-    config = default.get_config()  # resnet20, Adam lr 1e-3 + ZNorm, batch 128
-    config.update(dict(
-        data_dir=REAL_DATA_DIR, train_split="train[:4096]", eval_split="test[:1000]",
-        num_train_steps=150, eval_every_steps=75, checkpoint_every_steps=150,
-    ))
-    assert config.model == "resnet20" and config.grad_transform == "znorm"
-    train.train_and_evaluate(config, str(tmp_path))
-    rows = read_metrics(tmp_path)
-    assert rows[-1]["step"] == 150
-    assert rows[-1]["eval_accuracy"] > 0.25, rows
+  config = default.get_config()  # resnet20, Adam lr 1e-3 + ZNorm, batch 128
+  config.update(
+    dict(
+      data_dir=REAL_DATA_DIR,
+      train_split="train[:4096]",
+      eval_split="test[:1000]",
+      num_train_steps=150,
+      eval_every_steps=75,
+      checkpoint_every_steps=150,
+    )
+  )
+  assert config.model == "resnet20" and config.grad_transform == "znorm"
+  train.train_and_evaluate(config, str(tmp_path))
+  rows = read_metrics(tmp_path)
+  assert rows[-1]["step"] == 150
+  assert rows[-1]["eval_accuracy"] > 0.25, rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -476,156 +518,170 @@ TINY_BLOCKS = [f"stage{i}_block{j}" for i in (1, 2, 3) for j in range(3)]
 
 @pytest.fixture(scope="module")
 def diag_run(tmp_path_factory):
-    """The TINY run of ``runs["ref"]`` with diagnostics every 4 steps, in this process (one
-    checkpoint, at the end, saves time; checkpoints do not change a run)."""
-    workdir = tmp_path_factory.mktemp("diag")
-    config = tiny_config(diagnostics_every_steps=DIAG_EVERY, checkpoint_every_steps=12)
-    with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-        state = train.train_and_evaluate(config, str(workdir))
-    return workdir, state
+  """The TINY run of ``runs["ref"]`` with diagnostics every 4 steps, in this process (one
+  checkpoint, at the end, saves time; checkpoints do not change a run)."""
+  workdir = tmp_path_factory.mktemp("diag")
+  config = tiny_config(diagnostics_every_steps=DIAG_EVERY, checkpoint_every_steps=12)
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    state = train.train_and_evaluate(config, str(workdir))
+  return workdir, state
 
 
 def diagnostic_rows(workdir):
-    return [r for r in read_metrics(workdir) if r.get("kind") == "diagnostics"]
+  return [r for r in read_metrics(workdir) if r.get("kind") == "diagnostics"]
 
 
 def test_optimizer_gets_gradient_stats_only_with_diagnostics_on():
-    params = {"dense": {"kernel": np.ones((3, 2), np.float32), "bias": np.ones(2, np.float32)}}
-    off, _ = train.create_optimizer(default.get_config(), 10)
-    on, _ = train.create_optimizer(tiny_config(diagnostics_every_steps=5), 10)
-    off_state, on_state = off.init(params), on.init(params)
-    assert len(off_state) == 2 and diagnostics.gradient_stats_of(off_state) is None
-    assert len(on_state) == 4 and len(diagnostics.gradient_stats_of(on_state)) == 2
-    assert checkpointing.saved_opt_state(on_state) == (on_state[1], on_state[3])
-    assert checkpointing.saved_opt_state(off_state) is off_state
+  params = {"dense": {"kernel": np.ones((3, 2), np.float32), "bias": np.ones(2, np.float32)}}
+  off, _ = train.create_optimizer(default.get_config(), 10)
+  on, _ = train.create_optimizer(tiny_config(diagnostics_every_steps=5), 10)
+  off_state, on_state = off.init(params), on.init(params)
+  assert len(off_state) == 2 and diagnostics.gradient_stats_of(off_state) is None
+  assert len(on_state) == 4 and len(diagnostics.gradient_stats_of(on_state)) == 2
+  assert checkpointing.saved_opt_state(on_state) == (on_state[1], on_state[3])
+  assert checkpointing.saved_opt_state(off_state) is off_state
 
 
 def test_negative_diagnostics_every_steps_is_a_clear_error(tmp_path):
-    config = tiny_config(diagnostics_every_steps=-1, data_dir=str(tmp_path / "no_data_here"))
-    with pytest.raises(ValueError, match="diagnostics_every_steps=-1 must be >= 0"):
-        train.train_and_evaluate(config, str(tmp_path / "work"))
+  config = tiny_config(diagnostics_every_steps=-1, data_dir=str(tmp_path / "no_data_here"))
+  with pytest.raises(ValueError, match="diagnostics_every_steps=-1 must be >= 0"):
+    train.train_and_evaluate(config, str(tmp_path / "work"))
 
 
 def test_diagnostics_lines_every_n_steps_in_forward_order(diag_run):
-    workdir, _ = diag_run
-    rows = diagnostic_rows(workdir)
-    assert [r["step"] for r in rows] == [1, 4, 8, 12]
-    model = train.create_model(tiny_config(), 10)
-    layers = list(diagnostics.param_paths(model, (32, 32, 3)))
-    assert layers[:3] == ["stem_conv/kernel", "stem_bn/scale", "stem_bn/bias"]
-    assert layers[-2:] == ["head/kernel", "head/bias"]
-    for r in rows:
-        assert set(r) == {"kind", "step", "epoch", "layers", "blocks", "seconds"}
-        assert r["epoch"] == r["step"] / 4 and r["seconds"] > 0
-        assert list(r["layers"]) == layers
-        assert list(r["blocks"]) == TINY_BLOCKS
-        for path, s in r["layers"].items():
-            assert list(s) == list(LAYER_STATS) and all(np.isfinite(v) for v in s.values())
-            assert s["grad_norm"] > 0
-            if path.endswith("kernel"):  # ZNorm'd: mean 0, std 1
-                assert abs(s["update_mean"]) < 1e-5
-                assert s["update_std"] == pytest.approx(1, rel=1e-4)
-            else:  # grad_transform_params=kernels: other leaves pass through
-                assert [s[f"update_{k}"] for k in ("norm", "mean", "std")] == [
-                    s[f"grad_{k}"] for k in ("norm", "mean", "std")]
-        for s in r["blocks"].values():
-            assert list(s) == list(SPLIT_STATS)
-            assert s["skip_norm"] > 0 and s["branch_norm"] > 0 and -1 <= s["cosine"] <= 1
-            # |s + b|^2 = |s|^2 + |b|^2 + 2 cos |s| |b|
-            expected = (s["skip_norm"] ** 2 + s["branch_norm"] ** 2
-                        + 2 * s["cosine"] * s["skip_norm"] * s["branch_norm"])
-            assert s["total_norm"] ** 2 == pytest.approx(expected, rel=1e-4)
+  workdir, _ = diag_run
+  rows = diagnostic_rows(workdir)
+  assert [r["step"] for r in rows] == [1, 4, 8, 12]
+  model = train.create_model(tiny_config(), 10)
+  layers = list(diagnostics.param_paths(model, (32, 32, 3)))
+  assert layers[:3] == ["stem_conv/kernel", "stem_bn/scale", "stem_bn/bias"]
+  assert layers[-2:] == ["head/kernel", "head/bias"]
+  for r in rows:
+    assert set(r) == {"kind", "step", "epoch", "layers", "blocks", "seconds"}
+    assert r["epoch"] == r["step"] / 4 and r["seconds"] > 0
+    assert list(r["layers"]) == layers
+    assert list(r["blocks"]) == TINY_BLOCKS
+    for path, s in r["layers"].items():
+      assert list(s) == list(LAYER_STATS) and all(np.isfinite(v) for v in s.values())
+      assert s["grad_norm"] > 0
+      if path.endswith("kernel"):  # ZNorm'd: mean 0, std 1
+        assert abs(s["update_mean"]) < 1e-5
+        assert s["update_std"] == pytest.approx(1, rel=1e-4)
+      else:  # grad_transform_params=kernels: other leaves pass through
+        assert [s[f"update_{k}"] for k in ("norm", "mean", "std")] == [
+          s[f"grad_{k}"] for k in ("norm", "mean", "std")
+        ]
+    for s in r["blocks"].values():
+      assert list(s) == list(SPLIT_STATS)
+      assert s["skip_norm"] > 0 and s["branch_norm"] > 0 and -1 <= s["cosine"] <= 1
+      # |s + b|^2 = |s|^2 + |b|^2 + 2 cos |s| |b|
+      expected = (
+        s["skip_norm"] ** 2
+        + s["branch_norm"] ** 2
+        + 2 * s["cosine"] * s["skip_norm"] * s["branch_norm"]
+      )
+      assert s["total_norm"] ** 2 == pytest.approx(expected, rel=1e-4)
 
-    events = [f for f in os.listdir(workdir) if "tfevents" in f]
-    data = (workdir / events[0]).read_bytes()  # the tags are plain bytes in the records
-    for tag in ("grad_norm/stem_conv/kernel", "update_std/head/kernel",
-                "overlap/stage3_block2/cosine", "overlap/stage1_block0/skip_norm"):
-        assert tag.encode() in data, tag
+  events = [f for f in os.listdir(workdir) if "tfevents" in f]
+  data = (workdir / events[0]).read_bytes()  # the tags are plain bytes in the records
+  for tag in (
+    "grad_norm/stem_conv/kernel",
+    "update_std/head/kernel",
+    "overlap/stage3_block2/cosine",
+    "overlap/stage1_block0/skip_norm",
+  ):
+    assert tag.encode() in data, tag
 
 
 def test_diagnostics_do_not_change_training_or_checkpoints(runs, diag_run):
-    workdir, state = diag_run
-    ref = load_npz(runs["base"] / "ref.npz")
-    got = flat_state(state)
-    for k in ref:
-        if k.startswith(("['params']", "['batch_stats']")):
-            np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
-    # Evaluation lines as without diagnostics; diagnostics off writes evaluation lines only.
-    ref_rows = read_metrics(runs["base"] / "ref")
-    assert all("kind" not in r for r in ref_rows)
-    evals = [r for r in read_metrics(workdir) if "kind" not in r]
-    assert [{k: r[k] for k in DETERMINISTIC_FIELDS} for r in evals] == [
-        {k: r[k] for k in DETERMINISTIC_FIELDS} for r in ref_rows]
-    # The checkpoint leaves the statistics out: it restores into a run without diagnostics.
-    config = tiny_config()
-    model = train.create_model(config, 10)
-    tx, _ = train.create_optimizer(config, 12)
-    like = train.initial_state(config, model, tx, (32, 32, 3))
-    restored = flat_state(checkpointing.restore_checkpoint(str(workdir), like)[0])
-    assert restored.keys() == ref.keys()
-    for k in ref:
-        np.testing.assert_array_equal(restored[k], ref[k], err_msg=k)
+  workdir, state = diag_run
+  ref = load_npz(runs["base"] / "ref.npz")
+  got = flat_state(state)
+  for k in ref:
+    if k.startswith(("['params']", "['batch_stats']")):
+      np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
+  # Evaluation lines as without diagnostics; diagnostics off writes evaluation lines only.
+  ref_rows = read_metrics(runs["base"] / "ref")
+  assert all("kind" not in r for r in ref_rows)
+  evals = [r for r in read_metrics(workdir) if "kind" not in r]
+  assert [{k: r[k] for k in DETERMINISTIC_FIELDS} for r in evals] == [
+    {k: r[k] for k in DETERMINISTIC_FIELDS} for r in ref_rows
+  ]
+  # The checkpoint leaves the statistics out: it restores into a run without diagnostics.
+  config = tiny_config()
+  model = train.create_model(config, 10)
+  tx, _ = train.create_optimizer(config, 12)
+  like = train.initial_state(config, model, tx, (32, 32, 3))
+  restored = flat_state(checkpointing.restore_checkpoint(str(workdir), like)[0])
+  assert restored.keys() == ref.keys()
+  for k in ref:
+    np.testing.assert_array_equal(restored[k], ref[k], err_msg=k)
 
 
 def test_diagnostics_are_the_exact_gradients_of_the_step(diag_run):
-    """Step 1's line (4 devices) against one device over the whole global batch: the gradient
-    of the mean loss w.r.t. the parameters and the `models.block_gradient_split` at the block
-    inputs, recomputed independently of `train_step`, with NumPy statistics."""
-    import optax
-    from flax.traverse_util import flatten_dict
+  """Step 1's line (4 devices) against one device over the whole global batch: the gradient
+  of the mean loss w.r.t. the parameters and the `models.block_gradient_split` at the block
+  inputs, recomputed independently of `train_step`, with NumPy statistics."""
+  import optax
+  from flax.traverse_util import flatten_dict
 
-    import models
+  import models
 
-    workdir, _ = diag_run
-    row = diagnostic_rows(workdir)[0]
-    assert row["step"] == 1
-    config = tiny_config(num_devices=1)
-    model = train.create_model(config, 10)
-    tx, _ = train.create_optimizer(config, 12)
-    state = train.initial_state(config, model, tx, (32, 32, 3))
-    with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-        images, labels = ip.load_split("cifar10", "train")
-    idx = ip.train_batch_indices(config.seed, 0, len(images), config.batch_size)
-    offsets, flips = ip.augmentation_params(
-        jax.random.fold_in(jax.random.key(config.seed), 0), config.batch_size)
-    spec = ip.DATASETS["cifar10"]
-    x = ip.normalize(ip.augment(images[idx], offsets, flips), spec.mean, spec.std)
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
+  workdir, _ = diag_run
+  row = diagnostic_rows(workdir)[0]
+  assert row["step"] == 1
+  config = tiny_config(num_devices=1)
+  model = train.create_model(config, 10)
+  tx, _ = train.create_optimizer(config, 12)
+  state = train.initial_state(config, model, tx, (32, 32, 3))
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    images, labels = ip.load_split("cifar10", "train")
+  idx = ip.train_batch_indices(config.seed, 0, len(images), config.batch_size)
+  offsets, flips = ip.augmentation_params(
+    jax.random.fold_in(jax.random.key(config.seed), 0), config.batch_size
+  )
+  spec = ip.DATASETS["cifar10"]
+  x = ip.normalize(ip.augment(images[idx], offsets, flips), spec.mean, spec.std)
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
 
-    def recompute(variables, x, y):
-        def loss(params):
-            logits, _ = model.apply({**variables, "params": params}, x, train=True,
-                                    mutable=["batch_stats"])
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+  def recompute(variables, x, y):
+    def loss(params):
+      logits, _ = model.apply(
+        {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
+      )
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-        return (jax.grad(loss)(variables["params"]),
-                models.block_gradient_split(model, variables, x, y))
+    return (
+      jax.grad(loss)(variables["params"]),
+      models.block_gradient_split(model, variables, x, y),
+    )
 
-    one = jax.local_devices()[:1]
-    args = jax.tree.map(lambda a: np.asarray(a)[None], (variables, x, labels[idx]))
-    out = jax.pmap(recompute, axis_name=train.AXIS_NAME, devices=one)(*args)
-    grads, split = jax.tree.map(lambda a: np.asarray(a[0], np.float64), out)
+  one = jax.local_devices()[:1]
+  args = jax.tree.map(lambda a: np.asarray(a)[None], (variables, x, labels[idx]))
+  out = jax.pmap(recompute, axis_name=train.AXIS_NAME, devices=one)(*args)
+  grads, split = jax.tree.map(lambda a: np.asarray(a[0], np.float64), out)
 
-    grads = {"/".join(k): v for k, v in flatten_dict(grads).items()}
-    assert set(grads) == set(row["layers"])
-    for path, g in grads.items():
-        logged = row["layers"][path]
-        u = (g - g.mean()) / (g.std() + config.znorm_eps) if g.ndim >= 2 else g
-        for prefix, v in (("grad", g), ("update", u)):
-            scale = v.std() or abs(v).max()
-            assert logged[f"{prefix}_norm"] == pytest.approx(np.linalg.norm(v), rel=1e-4), path
-            assert logged[f"{prefix}_std"] == pytest.approx(v.std(), rel=1e-4), path
-            assert abs(logged[f"{prefix}_mean"] - v.mean()) <= 1e-4 * scale + 1e-9, path
-    for name in TINY_BLOCKS:
-        for stat in SPLIT_STATS[:3]:
-            assert row["blocks"][name][stat] == pytest.approx(split[name][stat], rel=1e-4)
-        assert row["blocks"][name]["cosine"] == pytest.approx(split[name]["cosine"], abs=1e-4)
+  grads = {"/".join(k): v for k, v in flatten_dict(grads).items()}
+  assert set(grads) == set(row["layers"])
+  for path, g in grads.items():
+    logged = row["layers"][path]
+    u = (g - g.mean()) / (g.std() + config.znorm_eps) if g.ndim >= 2 else g
+    for prefix, v in (("grad", g), ("update", u)):
+      scale = v.std() or abs(v).max()
+      assert logged[f"{prefix}_norm"] == pytest.approx(np.linalg.norm(v), rel=1e-4), path
+      assert logged[f"{prefix}_std"] == pytest.approx(v.std(), rel=1e-4), path
+      assert abs(logged[f"{prefix}_mean"] - v.mean()) <= 1e-4 * scale + 1e-9, path
+  for name in TINY_BLOCKS:
+    for stat in SPLIT_STATS[:3]:
+      assert row["blocks"][name][stat] == pytest.approx(split[name][stat], rel=1e-4)
+    assert row["blocks"][name]["cosine"] == pytest.approx(split[name]["cosine"], abs=1e-4)
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnet20"])
 def test_models_get_the_cifar_stem_for_32x32_images(name):
-    model = train.create_model(tiny_config(model=name, model_widths=()), 10)
-    assert model.stem == "cifar"
-    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False),
-                            np.zeros((1, 32, 32, 3), np.float32))
-    assert shapes["params"]["stem_conv"]["kernel"].shape[:2] == (3, 3)  # not 7x7/2 + max-pool
+  model = train.create_model(tiny_config(model=name, model_widths=()), 10)
+  assert model.stem == "cifar"
+  shapes = jax.eval_shape(
+    lambda x: model.init(jax.random.key(0), x, train=False), np.zeros((1, 32, 32, 3), np.float32)
+  )
+  assert shapes["params"]["stem_conv"]["kernel"].shape[:2] == (3, 3)  # not 7x7/2 + max-pool

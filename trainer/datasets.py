@@ -1,0 +1,203 @@
+"""CIFAR from TensorFlow Datasets as whole uint8 arrays in host memory.
+
+`load_split` reads a tfds split (``train``, ``test[:1000]``, ``train[:10%]+test``...) into
+``uint8[N, 32, 32, 3]`` images and ``int32[N]`` labels through `tfds.data_source`, applying the
+split slice itself (`tfds.data_source` ignores it), and fails fast with a clear
+`DatasetNotFoundError` when the dataset is absent and there is no network to download it.
+`DATASETS` holds what the trainer needs to know of each dataset (classes, pixel statistics).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import socket
+import threading
+
+import numpy as np
+import tensorflow_datasets as tfds
+from absl import logging
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """What the trainer needs to know about a dataset."""
+
+  num_classes: int
+  mean: tuple[float, float, float]  # per-channel, of pixels scaled to [0, 1]
+  std: tuple[float, float, float]
+  download_host: str = "www.cs.toronto.edu"
+
+
+DATASETS = {
+  "cifar10": DatasetSpec(10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+  "cifar100": DatasetSpec(100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+
+class DatasetNotFoundError(FileNotFoundError):
+  """The dataset is not prepared in the data dir and cannot be downloaded."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------
+
+
+def network_available(host: str, port: int = 443, timeout: float = 3.0) -> bool:
+  """Whether a TCP connection to ``host:port`` opens within about ``timeout`` seconds.
+
+  The probe runs in a daemon thread so that a hanging DNS lookup (which ignores socket
+  timeouts) cannot stall the caller for longer than ``2 * timeout``.
+  """
+  result = []
+
+  def probe():
+    try:
+      with socket.create_connection((host, port), timeout=timeout):
+        result.append(True)
+    except OSError:
+      result.append(False)
+
+  thread = threading.Thread(target=probe, daemon=True)
+  thread.start()
+  thread.join(2 * timeout)
+  return bool(result and result[0])
+
+
+def split_ranges(split: str, split_lengths) -> list[tuple[str, int, int]]:
+  """Resolves a tfds split string into ``[(split_name, start, stop), ...]`` index ranges.
+
+  Args:
+    split: a tfds split spec, e.g. ``"train"``, ``"train[:4096]"``, ``"test[10%:]"``,
+      ``"train[:1%]+test"``.
+    split_lengths: ``{split_name: num_examples}`` of the whole splits.
+
+  Raises:
+    ValueError: a malformed spec, an unknown split name or an out-of-range slice.
+  """
+
+  class _Info:
+    def __init__(self, n):
+      self.num_examples = n
+      self.shard_lengths = [n]  # "shard" slicing: one shard per split
+
+  infos = {name: _Info(int(n)) for name, n in split_lengths.items()}
+  try:
+    instructions = tfds.core.ReadInstruction.from_spec(split).to_absolute(infos)
+  except (ValueError, AssertionError) as e:
+    msg = " ".join(str(e).split())
+    raise ValueError(f"bad split {split!r}: {msg}") from None
+  ranges = []
+  for ins in instructions:
+    n = infos[ins.splitname].num_examples
+    start, stop, _ = slice(ins.from_, ins.to).indices(n)
+    ranges.append((ins.splitname, start, stop))
+  return ranges
+
+
+def _split_names(split: str) -> list[str]:
+  """The split names a spec refers to (``"train[:10]+test"`` -> ``["train", "test"]``)."""
+  names = []
+  for part in split.split("+"):
+    name = part.strip().split("[")[0].strip()
+    if name and name not in names:
+      names.append(name)
+  return names
+
+
+def _not_found_message(name: str, data_dir: str | None, detail: str) -> str:
+  where = data_dir or "the default tfds data dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
+  return (
+    f"dataset {name!r} is not prepared in {where} and {detail}; "
+    f"point --config.data_dir at a tfds data dir holding {name}, or pre-download it on a "
+    f'machine with internet (python -c "import tensorflow_datasets as tfds; '
+    f"tfds.data_source('{name}', data_dir=DIR)\")"
+  )
+
+
+@contextlib.contextmanager
+def _quiet_absl():
+  """Silences tfds's absl warnings (e.g. "Variant folder ... has no dataset_info.json") while
+  probing for a dataset that may legitimately be absent."""
+  level = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)
+  try:
+    yield
+  finally:
+    logging.set_verbosity(level)
+
+
+def _data_sources(name: str, split_names, data_dir: str | None, download: bool):
+  """``{split_name: random-access source}``, downloading the dataset first if needed."""
+
+  def open_all(**kwargs):
+    return {s: tfds.data_source(name, split=s, data_dir=data_dir, **kwargs) for s in split_names}
+
+  with _quiet_absl():
+    try:
+      # Works for a copy prepared in any random-access format (Parquet, ArrayRecord) and
+      # under `tfds.testing.mock_data`. For an absent dataset tfds raises anything from a
+      # NotImplementedError to a KeyError, depending on data_dir: decide below.
+      return open_all(download=False)
+    except Exception as e:  # noqa: BLE001
+      error = e
+    builder = tfds.builder(name, data_dir=data_dir)
+    prepared = builder.is_prepared()
+  if prepared:
+    file_format = builder.info.file_format
+    if file_format not in tfds.core.file_adapters.FileFormat.with_random_access():
+      raise DatasetNotFoundError(
+        f"dataset {name!r} is prepared in {builder.data_dir} as {file_format.value}, "
+        f"which has no random access; delete it or point --config.data_dir at a copy "
+        f"prepared as Parquet or ArrayRecord"
+      )
+    if isinstance(error, ValueError):  # e.g. an unknown split name
+      raise ValueError(" ".join(str(error).split())) from None
+    raise error
+  if not download:
+    raise DatasetNotFoundError(_not_found_message(name, data_dir, "downloads are disabled"))
+  host = DATASETS[name].download_host if name in DATASETS else "storage.googleapis.com"
+  if not network_available(host):
+    raise DatasetNotFoundError(
+      _not_found_message(name, data_dir, f"there is no network to download it ({host})")
+    )
+  # Without an explicit format tfds would prepare TFRecord, which has no random access.
+  return open_all(download=True, builder_kwargs={"file_format": "array_record"})
+
+
+def load_split(
+  name: str, split: str, data_dir: str | None = None, *, download: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+  """Reads a whole (sliced) split into memory.
+
+  Args:
+    name: tfds dataset name (``cifar10`` or ``cifar100``; any image classification dataset with
+      ``image`` and ``label`` features works).
+    split: tfds split spec; slices such as ``train[:4096]`` are honoured.
+    data_dir: tfds data dir; ``None`` for tfds's default.
+    download: whether a missing dataset may be downloaded (only tried when the network is up).
+
+  Returns:
+    ``(images, labels)``: ``uint8[N, H, W, C]`` and ``int32[N]``, in the split's order.
+
+  Raises:
+    DatasetNotFoundError: the dataset is absent and cannot be downloaded (within seconds).
+    ValueError: a malformed split spec or an out-of-range slice.
+  """
+  if data_dir is not None:
+    data_dir = os.path.expanduser(data_dir)
+  sources = _data_sources(name, _split_names(split), data_dir, download)
+  ranges = split_ranges(split, {s: len(src) for s, src in sources.items()})
+  images, labels = [], []
+  with _quiet_absl():  # "OpenCV is not installed ... Defaulting to PIL"
+    for split_name, start, stop in ranges:
+      src = sources[split_name]
+      for i in range(start, stop):  # as fast as __getitems__, which mock_data breaks
+        record = src[i]
+        images.append(np.asarray(record["image"], np.uint8))
+        labels.append(int(record["label"]))
+  if not images:
+    raise ValueError(f"split {split!r} of {name} is empty")
+  return np.stack(images), np.asarray(labels, np.int32)

@@ -1,0 +1,286 @@
+"""`train_and_evaluate`: the training loop, top to bottom.
+
+config -> devices and plan -> data (whole splits on the devices) -> model, optimizer, state
+(restored from the last checkpoint if any) -> dispatches of K pmapped train steps, with
+diagnostics, evaluation and checkpoints between them -> metrics.jsonl / TensorBoard.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from trainer import checkpoints, datasets, diagnostics
+from trainer import input_pipeline as ip
+from trainer import workdir as workdir_lib
+from trainer.metrics import MetricsWriter
+from trainer.optimizers import Optimizer, create_optimizer
+from trainer.plan import RunPlan, local_devices, validate_config
+from trainer.state import DTYPES, TrainState, create_model, create_train_state
+from trainer.steps import Steps, make_steps
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Trains and evaluates as configured, writing metrics and checkpoints to `workdir`.
+
+  Resumes from the latest checkpoint in ``workdir/checkpoints`` if there is one.
+
+  Returns:
+    The final state, on the host (unreplicated NumPy arrays).
+
+  Raises:
+    ValueError: a bad config value (unknown name, indivisible batch size, ...).
+    trainer.datasets.DatasetNotFoundError: the dataset is absent and cannot be downloaded.
+  """
+  t_start = time.time()
+  config = ml_collections.ConfigDict(config.to_dict())  # a private, unlocked copy
+  devices = local_devices(config)
+  n_global = len(devices) * jax.process_count()
+  host0 = jax.process_index() == 0
+  validate_config(config, n_global)
+  workdir = workdir_lib.prepare(workdir)
+
+  (train_images, train_labels), (eval_images, eval_labels) = load_data(config)
+  spec = datasets.DATASETS[config.dataset]
+  plan = RunPlan.create(config, len(train_images))
+  model = create_model(config, spec.num_classes)
+  optimizer = create_optimizer(config, plan.total_steps)
+  state = create_train_state(config, model, optimizer.tx, train_images.shape[1:])
+  train_sums = np.zeros(3, np.float64)  # loss, accuracy, steps since the last evaluation
+  mngr = checkpoints.checkpoint_manager(workdir, config.keep_checkpoints)
+  if (latest := mngr.latest_step()) is not None:
+    state, train_sums = checkpoints.restore(mngr, latest, state)
+    say(f"Resumed from step {latest}")
+  step = int(state.step)
+  if host0:
+    workdir_lib.write_config(workdir, config)
+    say(describe(config, plan, len(train_images), len(eval_images), n_global, workdir))
+  writer = MetricsWriter(workdir, enabled=host0, resumed_step=step)
+  train_metrics = TrainMetrics(train_sums, plan, optimizer, writer)
+
+  dtype = DTYPES[config.dtype]
+  steps = make_steps(
+    model,
+    optimizer.tx,
+    spec,
+    seed=config.seed,
+    dtype=dtype,
+    augment=config.augment,
+    devices=devices,
+  )
+  train_data = ip.replicate((train_images, train_labels), devices)
+  eval_data = ip.eval_batches(eval_images, eval_labels, plan.eval_batch_size, devices)
+  measure = None
+  if plan.diagnostics_every:
+    measure = diagnostics.Measure(
+      config, model, optimizer.grad_transform, spec, dtype, devices, state, train_images.shape[1:]
+    )
+  r_state = ip.replicate(state, devices)
+  watch, compiled = Stopwatch(), set()
+  pbar = tqdm(
+    total=plan.total_steps,
+    initial=step,
+    unit="step",
+    dynamic_ncols=True,
+    disable=None if host0 else True,
+    file=sys.stderr,
+  )
+  with checkpoints.Preemption() as preemption:
+    while step < plan.total_steps and not preemption.requested:
+      if measure is not None and plan.measures_before(step):
+        with watch.paused(r_state):
+          row = measure(r_state, train_data, step, plan.steps_per_epoch)
+          writer.write(row, diagnostics.scalars(row))
+      n = plan.dispatch_size(step)
+      idx = ip.dispatch_indices(
+        config.seed, step, n, len(train_images), config.batch_size, len(devices)
+      )
+      first = n not in compiled  # the first dispatch of each size compiles: not training time
+      if first:
+        watch.stop(r_state)
+      r_state, metrics = steps.train(r_state, *train_data, ip.shard(idx, devices))
+      if first:
+        jax.block_until_ready(metrics)
+        compiled.add(n)
+        watch.start()
+      else:
+        watch.count(n * config.batch_size)
+      train_metrics.add(step, metrics)
+      step += n
+      pbar.update(n)
+      if any(plan.logs_after(s) for s in range(step - n + 1, step + 1)):
+        pbar.set_postfix(loss=train_metrics.flush())
+      if plan.evaluates_after(step):
+        with watch.paused(r_state):
+          row = evaluation_row(steps, r_state, eval_data, train_metrics, step, plan, optimizer)
+          row["images_per_second"] = watch.rate()
+          writer.write(
+            row,
+            {
+              "eval/loss": row["eval_loss"],
+              "eval/accuracy": row["eval_accuracy"],
+              "perf/images_per_second": row["images_per_second"] or 0.0,
+            },
+          )
+          say(progress_line(row, plan))
+      if plan.checkpoints_after(step) or preemption.requested:
+        with watch.paused(r_state):
+          train_metrics.flush()
+          checkpoints.save(mngr, ip.unreplicate(r_state), train_metrics.sums)
+  pbar.close()
+  mngr.close()
+  writer.close()
+  if host0 and step < plan.total_steps:
+    say(
+      f"SIGTERM: stopped at step {step} (checkpoint at step {step}); re-run the command to resume"
+    )
+  elif host0:
+    say(f"Done at step {step} in {time.time() - t_start:.0f} s; outputs in {workdir}")
+  return ip.unreplicate(r_state)
+
+
+def load_data(config: ml_collections.ConfigDict):
+  """The train and eval splits as uint8 host arrays; a bad split names its config field."""
+
+  def load(field):
+    try:
+      return datasets.load_split(config.dataset, config[field], config.data_dir)
+    except ValueError as e:
+      raise ValueError(f"--config.{field}={config[field]}: {e}") from None
+
+  return load("train_split"), load("eval_split")
+
+
+class TrainMetrics:
+  """The per-step train loss and accuracy, fetched from the devices only when needed.
+
+  ``sums`` (float64 loss, accuracy and step count since the last evaluation) is checkpointed,
+  so the first metrics line after a resume equals the uninterrupted run's; the TensorBoard
+  ``train/*`` scalars average the steps since the last logging step.
+  """
+
+  def __init__(self, sums: np.ndarray, plan: RunPlan, optimizer: Optimizer, writer):
+    self.sums, self._log_sums, self._pending = sums, np.zeros(3, np.float64), []
+    self._plan, self._schedule, self._writer = plan, optimizer.schedule, writer
+
+  def add(self, first_step: int, metrics: dict) -> None:
+    self._pending.append((first_step, metrics))
+
+  def flush(self) -> str:
+    """Adds the pending steps to the sums, writing the logging steps' scalars; returns the
+    last logged loss for the progress bar."""
+    for first_step, metrics in jax.device_get(self._pending):
+      for k, (loss, accuracy) in enumerate(
+        zip(metrics["loss"][0], metrics["accuracy"][0], strict=True)
+      ):
+        row = np.array([loss, accuracy, 1.0], np.float64)
+        self.sums += row
+        self._log_sums += row
+        step = first_step + k + 1
+        if self._plan.logs_after(step):
+          loss, accuracy, count = self._log_sums
+          self._writer.scalars(
+            step,
+            {
+              "train/loss": loss / count,
+              "train/accuracy": accuracy / count,
+              "train/learning_rate": float(self._schedule(step - 1)),
+            },
+          )
+          self._log_sums[:] = 0
+    self._pending = []
+    return f"{self.sums[0] / max(self.sums[2], 1):.4f}"
+
+  def take(self) -> dict:
+    """The train loss and accuracy since the last evaluation; the sums start again."""
+    self.flush()
+    loss, accuracy, count = self.sums
+    self.sums = np.zeros(3, np.float64)
+    return {"train_loss": loss / count, "train_accuracy": accuracy / count}
+
+
+def evaluation_row(
+  steps: Steps,
+  r_state,
+  eval_data,
+  train_metrics: TrainMetrics,
+  step: int,
+  plan: RunPlan,
+  optimizer: Optimizer,
+) -> dict:
+  """The metrics.jsonl line of an evaluation (the loop adds ``images_per_second``)."""
+  sums = ip.unreplicate(steps.evaluate(r_state, *eval_data))
+  loss, correct, count = (float(sums[k]) for k in ("loss", "correct", "count"))
+  return {
+    "step": step,
+    "epoch": step / plan.steps_per_epoch,
+    **train_metrics.take(),
+    "eval_loss": loss / count,
+    "eval_accuracy": correct / count,
+    "learning_rate": float(optimizer.schedule(step - 1)),
+    "wall_time": time.time(),
+  }
+
+
+class Stopwatch:
+  """Training time between evaluations: compiling, evaluating, checkpointing and diagnostics
+  are left out (`paused`, after waiting for the steps in flight), so ``images_per_second`` is
+  the steady-state rate."""
+
+  def __init__(self):
+    self.seconds, self.images, self._since, self._pending = 0.0, 0, time.perf_counter(), 0
+
+  def start(self) -> None:
+    self._since, self._pending = time.perf_counter(), 0
+
+  def count(self, images: int) -> None:
+    self._pending += images
+
+  def stop(self, in_flight) -> None:
+    jax.block_until_ready(in_flight)
+    self.seconds += time.perf_counter() - self._since
+    self.images += self._pending
+    self._pending = 0
+
+  @contextlib.contextmanager
+  def paused(self, in_flight):
+    self.stop(in_flight)
+    yield
+    self.start()
+
+  def rate(self) -> float | None:
+    rate = self.images / self.seconds if self.images else None
+    self.seconds, self.images = 0.0, 0
+    return rate
+
+
+def say(*args) -> None:
+  """A console line that does not break the tqdm bar."""
+  tqdm.write(" ".join(str(a) for a in args), file=sys.stdout)
+  sys.stdout.flush()
+
+
+def describe(config, plan: RunPlan, n_train: int, n_eval: int, n_devices: int, workdir) -> str:
+  return (
+    f"{config.model} on {config.dataset}: {n_train} train / {n_eval} eval examples; "
+    f"{n_devices} device(s) x {config.batch_size // n_devices} = batch {config.batch_size}; "
+    f"{plan.total_steps} steps ({plan.total_steps / plan.steps_per_epoch:.3g} epochs, "
+    f"{plan.steps_per_dispatch} per dispatch); {config.optimizer} lr {config.learning_rate:g} "
+    f"({config.schedule}) on grad_transform={config.grad_transform}; workdir {workdir}"
+  )
+
+
+def progress_line(row: dict, plan: RunPlan) -> str:
+  ips = "-" if row["images_per_second"] is None else f"{row['images_per_second']:.0f}"
+  return (
+    f"step {row['step']}/{plan.total_steps} epoch {row['epoch']:.2f} | train loss "
+    f"{row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | eval loss "
+    f"{row['eval_loss']:.4f} acc {row['eval_accuracy']:.4f} | lr "
+    f"{row['learning_rate']:.3g} | {ips} img/s"
+  )
