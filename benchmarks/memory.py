@@ -7,8 +7,8 @@ Part 2 (``--train``) runs ``train.py`` for a few steps under ``/usr/bin/time -v`
 model and reports the peak resident set size (the whole CIFAR split is held in host
 memory as uint8, so this includes the dataset). Run from the project root:
 
-  python benchmarks/memory.py
-  python benchmarks/memory.py --train --data_dir ../shared/data/tfds --steps 20
+  python -m benchmarks.memory
+  python -m benchmarks.memory --train --data_dir ../shared/data/tfds --steps 20
 """
 
 from __future__ import annotations

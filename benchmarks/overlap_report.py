@@ -2,16 +2,16 @@
 
 Usage::
 
-    python examples/overlap_report.py --outdir DIR --data_dir D --steps N \\
+    python -m benchmarks.overlap_report --outdir DIR --data_dir D --steps N \\
         [--model resnet20] [--every K] [--train_split train[:5000]] \\
         [--eval_split test[:1000]] [--batch_size 128] [--seed 0]
 
-Trains ``--model`` twice with ``train.train_and_evaluate`` on CIFAR-10, Adam
+Trains ``--model`` twice with ``trainer.loop.train_and_evaluate`` on CIFAR-10, Adam
 (lr 1e-3, cosine), same seed and data order, once on the raw gradients
 (``grad_transform=none``, workdir ``DIR/runs/none``) and once on ZNorm'd kernel
 gradients (``grad_transform=znorm``, ``DIR/runs/znorm``), with
 ``diagnostics_every_steps=K``: at step 1 and every K steps train.py appends a
-``{"kind": "diagnostics", ...}`` line to ``metrics.jsonl`` (see ``train.py``).
+``{"kind": "diagnostics", ...}`` line to ``metrics.jsonl`` (see ``trainer/diagnostics.py``).
 A workdir that already holds a finished run is only re-read (train.py resumes;
 use a fresh ``--outdir`` after changing ``--steps`` or ``--every``);
 ``--plot_only`` re-plots existing runs without training.
@@ -29,7 +29,7 @@ From those lines it writes two PNGs to ``DIR``:
 It prints the paths it wrote and a few summary numbers.  The plotting functions
 take lists of diagnostics records and are importable::
 
-    from overlap_report import plot_gradient_scale, plot_overlap_split
+    from benchmarks.overlap_report import plot_gradient_scale, plot_overlap_split
 """
 
 from __future__ import annotations
@@ -37,29 +37,28 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-for _path in (ROOT, ROOT / "examples"):  # `train`, `configs` and `plot_runs` (not packages)
-  if str(_path) not in sys.path:
-    sys.path.insert(0, str(_path))
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter
 
-from plot_runs import load_metrics, save_figure  # noqa: E402
+from benchmarks.study_report import plt, save_figure
+from configs import default
+from trainer.loop import train_and_evaluate
+from trainer.metrics import DIAGNOSTICS, read_metrics
 
 RUNS = ("none", "znorm")  # grad_transform of each run (and its workdir name)
 LABELS = {"none": "Adam", "znorm": "Adam + ZNorm"}
 COLORS = {"none": "C0", "znorm": "C3"}
 SCALE_PNG = "gradient_scale.png"
 SPLIT_PNG = "overlap_split.png"
-DIAGNOSTICS = "diagnostics"
 
 
 def load_diagnostics(workdir: str | Path) -> list[dict]:
   """The diagnostics records of a train.py workdir, by step (a step logged twice keeps its
   last record)."""
-  by_step = {r["step"]: r for r in load_metrics(workdir, kind=DIAGNOSTICS)}
+  by_step = {r["step"]: r for r in read_metrics(workdir, kind=DIAGNOSTICS)}
   return [by_step[s] for s in sorted(by_step)]
 
 
@@ -105,8 +104,6 @@ def _raw_gradients(record: Mapping) -> str:
 
 
 def _step_handles(runs: Mapping[str, Sequence[dict]]) -> list:
-  from matplotlib.lines import Line2D
-
   curves = _curves(runs)
   first, last = curves[0][1]["step"], curves[-1][1]["step"]
   if curves[0][0] == "":
@@ -119,15 +116,6 @@ def _step_handles(runs: Mapping[str, Sequence[dict]]) -> list:
   ]
 
 
-def _figure():
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  return plt
-
-
 def _set_ticks(ax, names: Sequence[str]) -> None:
   ax.set_xticks(range(len(names)))
   ax.set_xticklabels(names, rotation=90, fontsize=7 if len(names) <= 40 else 5)
@@ -137,8 +125,6 @@ def _set_ticks(ax, names: Sequence[str]) -> None:
 
 def _plain_log_ticks(ax) -> None:
   """Log-scale tick labels as plain numbers (0.3, 2) rather than 3x10^-1."""
-  from matplotlib.ticker import FuncFormatter
-
   fmt = FuncFormatter(lambda v, _: f"{v:.3g}")
   ax.yaxis.set_major_formatter(fmt)
   ax.yaxis.set_minor_formatter(fmt)
@@ -165,9 +151,6 @@ def plot_gradient_scale(
     out: the PNG to write (parent folders are created).
     title: a title over the panels.
   """
-  plt = _figure()
-  from matplotlib.lines import Line2D
-
   paths = kernel_paths(next(iter(runs.values()))[0])
   xs = range(len(paths))
   fig, axes = plt.subplots(1, 2, figsize=(14, 5.2), sharex=True)
@@ -215,9 +198,6 @@ def plot_overlap_split(
     out: the PNG to write (parent folders are created).
     title: a title over the panels.
   """
-  plt = _figure()
-  from matplotlib.lines import Line2D
-
   blocks = list(next(iter(runs.values()))[0]["blocks"])
   xs = range(len(blocks))
   fig, axes = plt.subplots(1, 3, figsize=(17, 5.2), sharex=True)
@@ -291,8 +271,6 @@ def run_title(workdir: str | Path) -> str | None:
 
 def make_config(args: argparse.Namespace, grad_transform: str):
   """The default config (ResNet, Adam lr 1e-3, cosine) for one run of the report."""
-  from configs import default
-
   config = default.get_config()
   config.update(
     dict(
@@ -342,13 +320,11 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     workdir = runs_dir / name
     try:
       if not args.plot_only:
-        import train
-
-        train.train_and_evaluate(make_config(args, name), str(workdir))
+        train_and_evaluate(make_config(args, name), str(workdir))
       runs[name] = load_diagnostics(workdir)
     except (ValueError, FileNotFoundError) as e:
       raise SystemExit(f"overlap_report: error: {e}") from None
-    evals[name] = load_metrics(workdir)
+    evals[name] = read_metrics(workdir)
     if not runs[name]:
       raise SystemExit(f"overlap_report: error: no diagnostics lines in {workdir}")
 

@@ -1,107 +1,102 @@
 """Throughput of train.py end to end against the bare pmapped step, on the same data.
 
-* bare: ``train.train_step`` pmapped exactly as train.py does it, fed batches that are
-  already on the devices, in a tight loop: the compute-only ceiling.
-* train.py: ``train.train_and_evaluate`` for two epochs of K steps with its default
-  logging and checkpointing cadence (a checkpoint per epoch, TensorBoard scalars every
-  ``log_every_steps``), timed between the ``wall_time`` of its two evaluation lines in
-  metrics.jsonl: K steady-state steps with their host-side batch gathering, transfers,
-  on-device augmentation, logging, one checkpoint and one evaluation, made a single batch
-  (``test[:128]``) so that evaluation, a separate cost, stays out of the figure.
+* bare: the trainer's own pmapped step (`trainer.steps.make_steps`), fed the device-resident
+  split and index arrays already on the devices, in a tight loop: the compute-only ceiling
+  (K steps per call, as the trainer dispatches them).
+* train.py: `train_and_evaluate` for two epochs with its default logging and checkpointing
+  cadence (a checkpoint per epoch, TensorBoard scalars every ``log_every_steps``), timed
+  between the ``wall_time`` of its two evaluation lines in metrics.jsonl: one epoch of
+  steady-state steps with the host's index computation, dispatch, logging, one checkpoint and
+  one evaluation, made a single batch (``test[:128]``) so that evaluation, a separate cost,
+  stays out of the figure.
 
-The report gives images/s of both and their ratio (target: train.py >= 95% of the bare step),
-and the FLOP rate of the train step (XLA's cost analysis) next to a large float32 matmul's.
-Run from the project root:
+For each ``--steps_per_dispatch`` K the report gives images/s of both and their ratio (target:
+train.py >= 95% of the bare step), and the FLOP rate of the train step (XLA's cost analysis)
+next to a large float32 matmul's. Run from the project root:
 
-  python benchmarks/train_throughput.py --data_dir ../shared/data/tfds
+  python -m benchmarks.train_throughput --data_dir ../shared/data/tfds --steps_per_dispatch 1,8
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import tempfile
 import time
 
-import flax.jax_utils
 import jax
 import jax.numpy as jnp
-import numpy as np
+import ml_collections
 
-import input_pipeline as ip
-import metrics_io
-import train
 from configs import default
+from trainer import datasets, plan
+from trainer import input_pipeline as ip
+from trainer.loop import train_and_evaluate
+from trainer.metrics import read_metrics
+from trainer.optimizers import create_optimizer
+from trainer.state import DTYPES, create_model, create_train_state
+from trainer.steps import make_steps
 
 
-def make_config(args) -> default.ml_collections.ConfigDict:
+def make_config(args, steps_per_dispatch: int) -> ml_collections.ConfigDict:
   config = default.get_config()
   config.model = args.model
   config.data_dir = args.data_dir
   config.train_split = args.train_split
-  config.eval_split = args.eval_split
+  config.eval_split = "test[:128]"  # one batch: the evaluation itself costs ~nothing
   config.batch_size = args.batch
+  config.dtype = args.dtype
+  config.steps_per_dispatch = steps_per_dispatch
   return config
 
 
-def bare_step_rate(config, images, labels, steps: int):
-  """Images/s, FLOPs per step and seconds per step of the pmapped step on device batches."""
-  devices = train.local_devices(config)
-  spec = ip.DATASETS[config.dataset]
-  model = train.create_model(config, spec.num_classes)
-  tx, _ = train.create_optimizer(config, steps)
-  state = train.initial_state(config, model, tx, images.shape[1:])
-  step_fn = jax.pmap(
-    functools.partial(
-      train.train_step,
-      apply_fn=model.apply,
-      tx=tx,
-      seed=config.seed,
-      mean=spec.mean,
-      std=spec.std,
-      augment=config.augment,
-    ),
-    axis_name=train.AXIS_NAME,
+def bare_step_rate(config, images, labels, steps: int) -> tuple[float, float, float]:
+  """Images/s, FLOPs per step and seconds per step of the trainer's pmapped step."""
+  devices = plan.local_devices(config)
+  spec = datasets.DATASETS[config.dataset]
+  model = create_model(config, spec.num_classes)
+  tx = create_optimizer(config, steps).tx
+  state = ip.replicate(create_train_state(config, model, tx, images.shape[1:]), devices)
+  fns = make_steps(
+    model,
+    tx,
+    spec,
+    seed=config.seed,
+    dtype=DTYPES[config.dtype],
+    augment=config.augment,
     devices=devices,
-    donate_argnums=(0,),
   )
-  n = len(devices)
-  state = flax.jax_utils.replicate(state, devices)
-  # Placed exactly as train.py places its batches: split over the devices' mesh axis.
-  mesh = jax.sharding.Mesh(np.asarray(devices), (train.AXIS_NAME,))
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(train.AXIS_NAME))
-  batches = []
-  for i in range(4):
-    idx = ip.train_batch_indices(config.seed, i, images.shape[0], config.batch_size)
-    batches.append(
-      tuple(jax.device_put(ip.shard_batch(a[idx], n), sharding) for a in (images, labels))
+  k = config.steps_per_dispatch
+  data = ip.replicate((images, labels), devices)
+  batch_indices = [
+    ip.shard(
+      ip.dispatch_indices(config.seed, i * k, k, len(images), config.batch_size, len(devices)),
+      devices,
     )
-  flops = step_fn.lower(state, *batches[0]).compile().cost_analysis()
-  flops = (flops[0] if isinstance(flops, list) else flops).get("flops", float("nan"))
-  state, metrics = step_fn(state, *batches[0])  # compile
+    for i in range(4)
+  ]
+  cost = fns.train.lower(state, *data, batch_indices[0]).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  flops = cost.get("flops", float("nan")) * len(devices) / k
+  state, metrics = fns.train(state, *data, batch_indices[0])  # compile
   jax.block_until_ready(metrics)
+  calls = max(1, steps // k)
   start = time.perf_counter()
-  for i in range(steps):
-    state, metrics = step_fn(state, *batches[i % len(batches)])
+  for i in range(calls):
+    state, metrics = fns.train(state, *data, batch_indices[i % len(batch_indices)])
   jax.block_until_ready(metrics)
   seconds = time.perf_counter() - start
-  return steps * config.batch_size / seconds, flops * n, seconds / steps
+  return calls * k * config.batch_size / seconds, flops, seconds / (calls * k)
 
 
 def train_py_rate(config, steps: int) -> float:
   """Steady-state images/s of train_and_evaluate between two evaluations (see module doc)."""
-  run_config = default.ml_collections.ConfigDict(config.to_dict())
+  run_config = ml_collections.ConfigDict(config.to_dict())
   run_config.num_train_steps = 2 * steps
   run_config.eval_every_steps = steps
   run_config.checkpoint_every_steps = steps
-  run_config.eval_split = "test[:128]"  # One batch: the evaluation itself costs ~nothing.
   with tempfile.TemporaryDirectory() as workdir:
-    train.train_and_evaluate(run_config, workdir)
-    first, second = [
-      row
-      for row in metrics_io.read_metrics(f"{workdir}/{metrics_io.METRICS_FILE}")
-      if "kind" not in row
-    ]
+    train_and_evaluate(run_config, workdir)
+    first, second = read_metrics(workdir)
   return steps * config.batch_size / (second["wall_time"] - first["wall_time"])
 
 
@@ -116,41 +111,52 @@ def matmul_flop_rate(size: int = 2048, repeats: int = 10) -> float:
   return 2 * size**3 * repeats / (time.perf_counter() - start)
 
 
-def main(argv=None):
+def main(argv=None) -> list[dict]:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--data_dir", default=None)
   parser.add_argument("--model", default="resnet20")
   parser.add_argument("--batch", type=int, default=128)
+  parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
   parser.add_argument("--train_split", default="train[:6400]")
-  parser.add_argument("--eval_split", default="test[:1000]")
+  parser.add_argument("--steps_per_dispatch", default="1,8", help="comma-separated K values")
   args = parser.parse_args(argv)
-  config = make_config(args)
-  images, labels = ip.load_split(config.dataset, config.train_split, config.data_dir)
-  steps = images.shape[0] // config.batch_size
+  images, labels = datasets.load_split("cifar10", args.train_split, args.data_dir)
+  steps = images.shape[0] // args.batch
   print(
     f"jax {jax.__version__}, {jax.local_device_count()} x {jax.devices()[0].device_kind}; "
-    f"{args.model}, batch {args.batch}, {steps} steps = 1 epoch of {args.train_split}"
+    f"{args.model}, batch {args.batch}, {args.dtype}, {steps} steps = 1 epoch of "
+    f"{args.train_split}"
   )
-  # The bare step is timed before and after train.py, so that a change in the machine's
-  # load during the run shows as a spread instead of biasing the ratio.
-  bare_before, flops_per_step, step_seconds = bare_step_rate(config, images, labels, steps)
-  e2e_ips = train_py_rate(config, steps)
-  bare_after, _, _ = bare_step_rate(config, images, labels, steps)
-  bare_ips = (bare_before + bare_after) / 2
+  results = []
+  for k in (int(v) for v in args.steps_per_dispatch.split(",")):
+    config = make_config(args, k)
+    # The bare step is timed before and after train.py, so that a change in the machine's
+    # load during the run shows as a spread instead of biasing the ratio.
+    bare_before, flops, step_seconds = bare_step_rate(config, images, labels, steps)
+    e2e = train_py_rate(config, steps)
+    bare_after, _, _ = bare_step_rate(config, images, labels, steps)
+    bare = (bare_before + bare_after) / 2
+    print(
+      f"K={k:<3d} bare step : {bare:8.1f} images/s  (before {bare_before:.1f}, after "
+      f"{bare_after:.1f})"
+    )
+    print(f"K={k:<3d} train.py  : {e2e:8.1f} images/s  ({e2e / bare:.1%} of bare)")
+    print(
+      f"K={k:<3d} train step: {flops / 1e9:8.2f} GFLOP/step, "
+      f"{flops / step_seconds / 1e9:.1f} GFLOP/s"
+    )
+    results.append(
+      {
+        "steps_per_dispatch": k,
+        "bare": bare,
+        "train_py": e2e,
+        "flops_per_step": flops,
+        "step_seconds": step_seconds,
+      }
+    )
   matmul = matmul_flop_rate()
-  print(
-    f"bare pmapped step : {bare_ips:8.1f} images/s  (before {bare_before:.1f}, "
-    f"after {bare_after:.1f})"
-  )
-  print(f"train.py          : {e2e_ips:8.1f} images/s  ({e2e_ips / bare_ips:.1%} of bare)")
-  print(
-    f"train step        : {flops_per_step / 1e9:8.2f} GFLOP/step, "
-    f"{flops_per_step / step_seconds / 1e9:.1f} GFLOP/s"
-  )
-  print(
-    f"2048^2 f32 matmul : {matmul / 1e9:8.1f} GFLOP/s  (step at "
-    f"{flops_per_step / step_seconds / matmul:.0%} of it)"
-  )
+  print(f"2048^2 f32 matmul: {matmul / 1e9:8.1f} GFLOP/s")
+  return results
 
 
 if __name__ == "__main__":

@@ -14,15 +14,15 @@ Part 1 (``--part update``): the jitted optimizer update (``tx.update`` plus
   optax_centralize+adam  optax.centralize() then Adam
   clip+adam            zo.clip_by_global_norm(1.0) then Adam
 
-Part 2 (``--part step``): a full training step of resnet20 (forward, backward, update)
-with no transform vs ZNorm.
+Part 2 (``--part step``): the trainer's own train step (`trainer.steps.make_steps`: gather,
+augmentation, forward, backward, update) of resnet20 with no transform vs ZNorm.
 
 Variants are interleaved and repeated in rounds; each round times every variant once
 (``--iters`` calls), and the report gives medians over rounds with the ratio to Adam
 alone and to the floor. Run from the project root:
 
-  python benchmarks/transform_overhead.py                 # both parts
-  python benchmarks/transform_overhead.py --part update --models resnet56 --rounds 30
+  python -m benchmarks.transform_overhead                 # both parts
+  python -m benchmarks.transform_overhead --part update --models resnet56 --rounds 30
 """
 
 from __future__ import annotations
@@ -40,6 +40,12 @@ import optax
 
 import models
 import znorm_optax as zo
+from configs import default
+from trainer import input_pipeline as ip
+from trainer.datasets import DATASETS
+from trainer.optimizers import create_optimizer
+from trainer.state import create_model, create_train_state
+from trainer.steps import make_steps
 
 
 def per_leaf(fn) -> optax.GradientTransformation:
@@ -120,36 +126,35 @@ def update_candidates(params):
 
 
 def step_candidates(batch: int):
-  model, variables = model_variables("resnet20")
+  """The trainer's own pmapped train step (`trainer.steps.make_steps`, one device, one step per
+  call, the default config's masking to kernels) with no transform and with ZNorm."""
+  devices = jax.local_devices()[:1]
   rng = np.random.default_rng(0)
-  images = jnp.asarray(rng.normal(size=(batch, 32, 32, 3)), jnp.float32)
-  labels = jnp.asarray(rng.integers(0, 10, batch))
+  images = rng.integers(0, 256, (4 * batch, 32, 32, 3), dtype=np.uint8)
+  labels = rng.integers(0, 10, 4 * batch).astype(np.int32)
+  data = ip.replicate((images, labels), devices)
+  indices = [
+    ip.shard(ip.dispatch_indices(0, i, 1, len(images), batch, len(devices)), devices)
+    for i in range(4)
+  ]
   candidates = {}
   for name in ("none", "znorm"):
-    tx = optax.chain(zo.gradient_transform(name), optax.adam(1e-3))
+    config = default.get_config()
+    config.batch_size, config.grad_transform = batch, name
+    model = create_model(config, 10)
+    tx = create_optimizer(config, 1000).tx
+    fns = make_steps(
+      model, tx, DATASETS["cifar10"], seed=0, dtype=jnp.float32, augment=True, devices=devices
+    )
+    holder = {
+      "state": ip.replicate(create_train_state(config, model, tx, (32, 32, 3)), devices),
+      "i": 0,
+    }
 
-    def loss_fn(params, batch_stats):
-      logits, new_state = model.apply(
-        {"params": params, "batch_stats": batch_stats},
-        images,
-        train=True,
-        mutable=["batch_stats"],
-      )
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-      return loss, new_state["batch_stats"]
-
-    @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
-    def step(params, batch_stats, state, tx=tx, loss_fn=loss_fn):
-      grads, batch_stats = jax.grad(loss_fn, has_aux=True)(params, batch_stats)
-      updates, state = tx.update(grads, state, params)
-      return optax.apply_updates(params, updates), batch_stats, state
-
-    params = jax.tree.map(jnp.copy, variables["params"])
-    holder = [params, jax.tree.map(jnp.copy, variables["batch_stats"]), tx.init(params)]
-
-    def run(step=step, holder=holder):
-      holder[:] = step(*holder)
-      return holder[0]
+    def run(fns=fns, holder=holder):
+      holder["state"], metrics = fns.train(holder["state"], *data, indices[holder["i"] % 4])
+      holder["i"] += 1
+      return metrics
 
     candidates[f"step/{name}"] = run
   return candidates

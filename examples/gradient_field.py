@@ -62,26 +62,26 @@ grow (mean magnitude 0.47 -> 0.59) and they turn by 19 degrees (median; at most 
 
 Usage::
 
-    python examples/gradient_field.py --outdir benchmarks/results [--grid 8] [--seed 0] [--gain 1.0]
+    python -m examples.gradient_field --outdir benchmarks/results [--grid 8] [--seed 0] [--gain 1.0]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import matplotlib
 import numpy as np
 
-try:
-  import znorm_optax as zo
-except ModuleNotFoundError:  # Run from a checkout without `pip install -e .`.
-  sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-  import znorm_optax as zo
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import colors as mcolors  # noqa: E402
+
+import znorm_optax as zo  # noqa: E402
 
 EXTENT = 2.0  # The grid covers [-EXTENT, EXTENT]^3.
 MAGNITUDES_PNG = "gradient_magnitudes.png"
@@ -206,12 +206,6 @@ _DRAWERS: dict[str, Callable] = {"magnitude": _draw_magnitudes, "direction": _dr
 
 def plot_panels(points, panels: Sequence, mode: str, title: str, path: Path) -> Path:
   """Draw the four panels as 3D ``mode`` plots ("magnitude" or "direction") into ``path``."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  from matplotlib import colors as mcolors
-
   draw = _DRAWERS[mode]
   points = np.asarray(points)
   n = round(len(points) ** (1 / 3))

@@ -2,17 +2,14 @@
 
 Usage::
 
-    python examples/plot_runs.py WORKDIR [WORKDIR ...] --out runs.png \\
+    python -m examples.plot_runs WORKDIR [WORKDIR ...] --out runs.png \\
         [--x step|epoch] [--labels a,b,...] [--log-loss]
 
-Each workdir must hold ``metrics.jsonl``: one JSON object per line, one line per
-evaluation, with at least ``step``, ``epoch``, ``train_loss``, ``train_accuracy``,
-``eval_loss`` and ``eval_accuracy`` (accuracies as fractions in [0, 1]).  Extra
-keys are ignored.  Lines with a ``kind`` other than "evaluation" (the
-``{"kind": "diagnostics", ...}`` lines of ``--config.diagnostics_every_steps``)
-are not evaluations and are left out.  A truncated last line (a run killed
-mid-write) is skipped; a malformed line anywhere else is an error.  If a resumed
-run logged a step twice, the later record wins.
+Each workdir must hold ``metrics.jsonl``, read by `trainer.metrics.read_metrics`: its
+evaluation lines, with ``step``, ``epoch``, ``train_loss``, ``train_accuracy``,
+``eval_loss`` and ``eval_accuracy`` (accuracies as fractions in [0, 1]).  Other kinds
+of lines (the diagnostics of ``--config.diagnostics_every_steps``) are left out, and
+so is a line cut by a kill.  If a step was logged twice, the later line wins.
 
 The figure has two panels, accuracy (in %) and loss, against ``--x``; each run
 gets one colour, train curves are dashed and eval curves solid.  The legend
@@ -20,21 +17,25 @@ labels default to the workdir basenames and show each run's best eval accuracy.
 
 The parsing and plotting are importable for other scripts::
 
-    from plot_runs import load_metrics, plot_runs
+    from examples.plot_runs import load_metrics, plot_runs
     plot_runs(["runs/sgd", "runs/znorm"], "compare.png", x="step")
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
-METRICS_FILE = "metrics.jsonl"
-EVALUATION = "evaluation"  # the kind of the lines without a "kind" key
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+from trainer.metrics import EVAL, METRICS_FILE, column, read_metrics  # noqa: E402
+
 X_KEYS = ("step", "epoch")
 # (panel title, y label, train key, eval key, scale)
 PANELS = (
@@ -43,58 +44,16 @@ PANELS = (
 )
 
 
-def load_metrics(workdir: str | os.PathLike, kind: str = EVALUATION) -> list[dict]:
-  """The records of ``workdir/metrics.jsonl`` of one kind, in file order.
-
-  Blank lines and an unparsable *last* line (a truncated write) are skipped.
-
-  Args:
-    workdir: a ``train.py`` workdir.
-    kind: "evaluation" (the default: the lines without a ``kind`` key, as train.py
-      writes one per evaluation) or another ``kind`` value, e.g. "diagnostics".
+def load_metrics(workdir: str | os.PathLike, kind: str = EVAL) -> list[dict]:
+  """The lines of ``workdir/metrics.jsonl`` of one kind (`trainer.metrics.read_metrics`).
 
   Raises:
     FileNotFoundError: ``workdir`` has no ``metrics.jsonl``; the message names the path.
-    ValueError: a line other than the last is not a JSON object.
   """
   path = Path(workdir) / METRICS_FILE
   if not path.is_file():
     raise FileNotFoundError(f"no metrics file: {path} does not exist")
-  lines = path.read_text().splitlines()
-  last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
-  records = []
-  for i, line in enumerate(lines):
-    if not line.strip():
-      continue
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError as e:
-      if i == last:  # A run killed mid-write leaves a partial last line.
-        break
-      raise ValueError(f"{path}:{i + 1}: not valid JSON ({e.msg})") from e
-    if not isinstance(record, dict):
-      raise ValueError(f"{path}:{i + 1}: expected a JSON object, got {record!r}")
-    if record.get("kind", EVALUATION) == kind:
-      records.append(record)
-  return records
-
-
-def _is_number(v) -> bool:
-  return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def curve(records: Sequence[dict], x: str, y: str) -> tuple[list[float], list[float]]:
-  """``(xs, ys)`` for the records holding finite ``x`` and ``y`` values, sorted by step.
-
-  A step logged more than once (a resumed run) keeps its last record.
-  """
-  by_step = {}
-  for i, r in enumerate(records):
-    by_step[r.get("step", ("line", i))] = r
-  points = sorted(
-    (r[x], r[y]) for r in by_step.values() if _is_number(r.get(x)) and _is_number(r.get(y))
-  )
-  return [p[0] for p in points], [p[1] for p in points]
+  return read_metrics(workdir, kind)
 
 
 def plot_runs(
@@ -129,13 +88,6 @@ def plot_runs(
   if len(labels) != len(workdirs):
     raise ValueError(f"{len(labels)} labels for {len(workdirs)} workdirs")
   runs = [load_metrics(w) for w in workdirs]
-
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  from matplotlib.lines import Line2D
-
   fig, axes = plt.subplots(1, len(PANELS), figsize=(13, 4.8))
   colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
   handles = []
@@ -143,9 +95,9 @@ def plot_runs(
     color = colors[i % len(colors)]
     for ax, (_, _, train_key, eval_key, scale) in zip(axes, PANELS, strict=True):
       for key, style in ((train_key, "--"), (eval_key, "-")):
-        xs, ys = curve(records, x, key)
+        xs, ys = column(records, x, key)
         ax.plot(xs, [scale * y for y in ys], style, color=color, lw=1.6)
-    _, eval_acc = curve(records, x, "eval_accuracy")
+    _, eval_acc = column(records, x, "eval_accuracy")
     best = f" (best eval {100 * max(eval_acc):.2f}%)" if eval_acc else " (no evals)"
     handles.append(Line2D([], [], color=color, lw=2, label=label + best))
   handles += [
@@ -161,16 +113,9 @@ def plot_runs(
     axes[-1].set_yscale("log")
   axes[0].legend(handles=handles, fontsize=8, loc="lower right")
   fig.tight_layout()
-  return save_figure(fig, out)
-
-
-def save_figure(fig, out: str | os.PathLike, dpi: int = 120) -> Path:
-  """Writes ``fig`` to ``out`` (creating its folder), closes it and returns the path."""
-  import matplotlib.pyplot as plt
-
   out = Path(out)
   out.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(out, dpi=dpi)
+  fig.savefig(out, dpi=120)
   plt.close(fig)
   return out
 

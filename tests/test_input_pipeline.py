@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-import input_pipeline as ip
+from trainer import datasets
+from trainer import input_pipeline as ip
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REAL_DATA_DIR = os.path.join(ROOT, "..", "shared", "data", "tfds")
@@ -36,22 +37,22 @@ HAS_REAL_DATA = os.path.isfile(os.path.join(REAL_DATA_DIR, "cifar10", "3.0.2", "
   ],
 )
 def test_split_ranges(spec, expected):
-  assert ip.split_ranges(spec, {"train": 100, "test": 20}) == expected
+  assert datasets.split_ranges(spec, {"train": 100, "test": 20}) == expected
 
 
 @pytest.mark.parametrize("spec", ["train[:200]", "validation", "train[", "train[a:b]"])
 def test_split_ranges_rejects_bad_specs(spec):
   with pytest.raises(ValueError):
-    ip.split_ranges(spec, {"train": 100, "test": 20})
+    datasets.split_ranges(spec, {"train": 100, "test": 20})
 
 
 def test_load_split_applies_the_slice_under_mock_data():
   with tfds.testing.mock_data(num_examples=20):
-    images, labels = ip.load_split("cifar10", "train", data_dir="/nonexistent")
-    head, head_labels = ip.load_split("cifar10", "train[:7]", data_dir="/nonexistent")
-    tail, _ = ip.load_split("cifar10", "train[15:]")
-    both, both_labels = ip.load_split("cifar10", "train[:3]+test[:2]")
-    test_images, _ = ip.load_split("cifar10", "test")
+    images, labels = datasets.load_split("cifar10", "train", data_dir="/nonexistent")
+    head, head_labels = datasets.load_split("cifar10", "train[:7]", data_dir="/nonexistent")
+    tail, _ = datasets.load_split("cifar10", "train[15:]")
+    both, both_labels = datasets.load_split("cifar10", "train[:3]+test[:2]")
+    test_images, _ = datasets.load_split("cifar10", "test")
   assert images.shape == (20, 32, 32, 3) and images.dtype == np.uint8
   assert labels.shape == (20,) and labels.dtype == np.int32
   assert labels.min() >= 0 and labels.max() < 10
@@ -64,40 +65,40 @@ def test_load_split_applies_the_slice_under_mock_data():
 
 def test_load_split_cifar100_under_mock_data():
   with tfds.testing.mock_data(num_examples=8):
-    images, labels = ip.load_split("cifar100", "test[:50%]")
+    images, labels = datasets.load_split("cifar100", "test[:50%]")
   assert images.shape == (4, 32, 32, 3)
   assert labels.max() < 100
 
 
 @pytest.mark.skipif(not HAS_REAL_DATA, reason="../shared/data/tfds is absent")
 def test_load_split_real_cifar10_slice_holds():
-  images, labels = ip.load_split("cifar10", "test[:1000]", REAL_DATA_DIR)
+  images, labels = datasets.load_split("cifar10", "test[:1000]", REAL_DATA_DIR)
   assert images.shape == (1000, 32, 32, 3) and images.dtype == np.uint8
   assert labels.shape == (1000,) and set(np.unique(labels)) <= set(range(10))
-  tail, _ = ip.load_split("cifar10", "test[-10:]", REAL_DATA_DIR)
+  tail, _ = datasets.load_split("cifar10", "test[-10:]", REAL_DATA_DIR)
   assert tail.shape == (10, 32, 32, 3)
   assert not np.array_equal(tail, images[-10:])  # really the end of the split, not its start
   assert 100 < images.mean() < 160  # real photos, not zeros
 
 
 def test_absent_dataset_offline_fails_fast_and_names_data_dir(tmp_path, monkeypatch):
-  monkeypatch.setattr(ip, "network_available", lambda *a, **k: False)
+  monkeypatch.setattr(datasets, "network_available", lambda *a, **k: False)
   start = time.monotonic()
-  with pytest.raises(ip.DatasetNotFoundError, match="--config.data_dir") as info:
-    ip.load_split("cifar100", "train", data_dir=str(tmp_path))
+  with pytest.raises(datasets.DatasetNotFoundError, match="--config.data_dir") as info:
+    datasets.load_split("cifar100", "train", data_dir=str(tmp_path))
   assert time.monotonic() - start < 60
   assert str(tmp_path) in str(info.value) and "\n" not in str(info.value)
 
 
 def test_absent_dataset_without_download_fails(tmp_path):
-  with pytest.raises(ip.DatasetNotFoundError, match="--config.data_dir"):
-    ip.load_split("cifar10", "test", data_dir=str(tmp_path), download=False)
+  with pytest.raises(datasets.DatasetNotFoundError, match="--config.data_dir"):
+    datasets.load_split("cifar10", "test", data_dir=str(tmp_path), download=False)
 
 
 def test_network_probe_gives_up_quickly():
   start = time.monotonic()
   # 192.0.2.0/24 is TEST-NET-1: never routed.
-  assert not ip.network_available("192.0.2.1", timeout=0.5)
+  assert not datasets.network_available("192.0.2.1", timeout=0.5)
   assert time.monotonic() - start < 2.0
 
 
@@ -206,6 +207,45 @@ def test_normalize_per_channel():
   np.testing.assert_allclose(out[0, 0, 0], [1.0, 3.0, 1.0], rtol=1e-6)
   assert ip.normalize(x, mean, std, jnp.bfloat16).dtype == jnp.bfloat16
   norm = functools.partial(
-    ip.normalize, mean=ip.DATASETS["cifar10"].mean, std=ip.DATASETS["cifar10"].std
+    ip.normalize, mean=datasets.DATASETS["cifar10"].mean, std=datasets.DATASETS["cifar10"].std
   )
   assert abs(float(norm(np.full((1, 1, 1, 3), 125, np.uint8)).mean())) < 0.1
+
+
+# ---------------------------------------------------------------------------------------------
+# Placement on the devices
+# ---------------------------------------------------------------------------------------------
+
+
+def test_dispatch_indices_are_the_steps_batches_cut_over_the_devices():
+  idx = ip.dispatch_indices(
+    seed=3, first_step=5, num_steps=4, num_examples=40, batch_size=8, num_local_devices=4
+  )
+  assert idx.shape == (4, 4, 2) and idx.dtype == np.int32
+  for k in range(4):
+    expected = ip.train_batch_indices(3, 5 + k, 40, 8)
+    np.testing.assert_array_equal(idx[:, k].reshape(-1), expected)
+
+
+def test_eval_batches_hold_every_example_once_in_batch_order():
+  images = np.arange(10 * 2 * 2 * 3, dtype=np.uint8).reshape(10, 2, 2, 3) % 251 + 1
+  labels = np.arange(10, dtype=np.int32)
+  devices = jax.local_devices()[:2]
+  d_images, d_labels, d_mask = (np.asarray(a) for a in ip.eval_batches(images, labels, 4, devices))
+  assert d_images.shape == (2, 3, 2, 2, 2, 3)  # devices, batches, per device, H, W, C
+  # Batch b of the global split is device 0's rows then device 1's rows.
+  global_order = np.concatenate([d_labels[:, b].reshape(-1) for b in range(3)])
+  mask = np.concatenate([d_mask[:, b].reshape(-1) for b in range(3)])
+  np.testing.assert_array_equal(global_order[:10], labels)
+  np.testing.assert_array_equal(mask, [1] * 10 + [0] * 2)
+  restored = np.concatenate([d_images[:, b].reshape(-1, 2, 2, 3) for b in range(3)])
+  np.testing.assert_array_equal(restored[:10], images)
+  assert restored[10:].sum() == 0
+
+
+def test_replicate_puts_one_copy_on_each_device():
+  devices = jax.local_devices()[:4]
+  x = np.arange(6, dtype=np.float32).reshape(2, 3)
+  r = ip.replicate({"x": x}, devices)["x"]
+  assert r.shape == (4, 2, 3) and len(r.sharding.device_set) == 4
+  np.testing.assert_array_equal(ip.unreplicate({"x": r})["x"], x)

@@ -1,32 +1,20 @@
-"""Tests of benchmarks/paper_study.py: the report (a pure function of the jsonl records), the
-run loop with a stub trainer (order, skipping, interruption, appends) and one tiny real run
-under `tfds.testing.mock_data`."""
+"""Tests of benchmarks/paper_study.py and benchmarks/study_report.py: the report (a pure
+function of the jsonl records), the run loop with a stub trainer (order, skipping,
+interruption, appends) and one tiny real run under `tfds.testing.mock_data`."""
 
-import importlib.util
 import json
 import math
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks import paper_study as ps
+from benchmarks import study_report as report
+from trainer.metrics import append_record, read_records
+from trainer.optimizers import grad_transform_kwargs
 
-
-def _load():
-  name = "paper_study"
-  if name in sys.modules:
-    return sys.modules[name]
-  spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[name] = module
-  spec.loader.exec_module(module)
-  return module
-
-
-ps = _load()
-CPU = ps.PRESETS["cpu"]
+CPU = ps.load_preset("cpu")
 
 
 def record(model="resnet20", method="adam", seed=0, final=0.5, best=None, wall=60.0, **kw):
@@ -77,7 +65,7 @@ def test_table_mean_std_and_n():
   recs = [
     record(seed=s, final=f, wall=w) for s, f, w in [(0, 0.50, 60), (1, 0.52, 120), (2, 0.54, 180)]
   ]
-  md = ps.render_markdown(recs, CPU)
+  md = report.render_markdown(recs, CPU)
   model, method, n, final, best, delta, wall = table_row(md, "resnet20", "adam")
   assert (model, method, n) == ("resnet20", "adam", "3")
   assert final == "52.00 ± 2.00"  # sample std (ddof=1) of 50, 52, 54
@@ -88,7 +76,7 @@ def test_table_mean_std_and_n():
 
 
 def test_single_seed_has_no_std_and_resumed_runs_are_not_timed():
-  md = ps.render_markdown([record(final=0.4, best=0.45, resumed=True)], CPU)
+  md = report.render_markdown([record(final=0.4, best=0.45, resumed=True)], CPU)
   _, _, n, final, best, _, wall = table_row(md, "resnet20", "adam")
   assert (n, final, best) == ("1", "40.00", "45.00")
   assert wall.startswith("-") and "1 resumed" in wall
@@ -100,10 +88,10 @@ def test_paired_difference_beyond_and_within_noise():
     recs.append(record(seed=seed, final=base))
     recs.append(record(method="znorm", seed=seed, final=base + 0.02 + 0.001 * seed))  # ... tiny
     recs.append(record(method="clip", seed=seed, final=base + (0.03, -0.03, 0.01)[seed]))
-  d = ps.paired_difference(recs, "resnet20", "znorm", "adam")
+  d = report.paired_difference(recs, "resnet20", "znorm", "adam")
   assert d["n"] == 3 and math.isclose(d["mean"], 0.021) and d["beyond_noise"]
-  assert not ps.paired_difference(recs, "resnet20", "clip", "adam")["beyond_noise"]
-  md = ps.render_markdown(recs, CPU)
+  assert not report.paired_difference(recs, "resnet20", "clip", "adam")["beyond_noise"]
+  md = report.render_markdown(recs, CPU)
   assert table_row(md, "resnet20", "znorm")[5].startswith("**+2.10 ± 0.10")
   assert not table_row(md, "resnet20", "clip")[5].startswith("**")
   assert "znorm +2.10 pp vs adam (beyond seed noise, n=3)" in md
@@ -113,14 +101,14 @@ def test_paired_difference_beyond_and_within_noise():
 def test_identical_differences_count_as_beyond_noise():
   recs = [record(seed=s, final=0.5) for s in range(3)]
   recs += [record(method="znorm", seed=s, final=0.51) for s in range(3)]
-  d = ps.paired_difference(recs, "resnet20", "znorm", "adam")
+  d = report.paired_difference(recs, "resnet20", "znorm", "adam")
   assert d["beyond_noise"] and d["t"] > 100
 
 
 def test_missing_runs_note():
   recs = [record(seed=s, method=m) for s in (0, 1, 2) for m in ps.METHODS]
   recs.append(record(model="resnet56", seed=0))
-  md = ps.render_markdown(recs, CPU)
+  md = report.render_markdown(recs, CPU)
   note = md.split("## Missing runs")[1]
   assert "11 of 24 planned runs" in note
   assert "resnet56 adam seeds 1,2" in note and "resnet56 znorm seeds 0,1,2" in note
@@ -132,19 +120,19 @@ def test_missing_runs_note():
     for m in ps.METHODS
     if (s, m) != (0, "adam")
   ]
-  assert "None: every planned run is recorded" in ps.render_markdown(complete, CPU)
+  assert "None: every planned run is recorded" in report.render_markdown(complete, CPU)
 
 
 def test_other_presets_are_not_mixed_in():
   recs = [record(), record(epochs=8, final=0.9), record(budget="gpu", final=0.9)]
-  md = ps.render_markdown(recs, CPU)
+  md = report.render_markdown(recs, CPU)
   assert table_row(md, "resnet20", "adam")[2:4] == ["1", "50.00"]
   assert "2 record(s) of other budgets or presets" in md
 
 
 def test_epoch_bands():
   runs = [record(seed=0, final=0.4), record(seed=1, final=0.8)]
-  xs, mean, lo, hi = ps.epoch_bands(runs)
+  xs, mean, lo, hi = report.epoch_bands(runs)
   assert xs == [1.0, 2.0, 3.0, 4.0]
   assert mean[-1] == pytest.approx(0.6) and lo[-1] == 0.4 and hi[-1] == 0.8
 
@@ -158,7 +146,7 @@ def test_write_report_writes_markdown_and_png(tmp_path):
     for k in ps.METHODS
     for s in (0, 1)
   ]
-  md, png = ps.write_report(recs, CPU, tmp_path / "out")
+  md, png = report.write_report(recs, CPU, tmp_path / "out")
   assert md.read_text().startswith("# Method comparison on CIFAR-10: budget `cpu`")
   assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   image = mpimg.imread(png)
@@ -171,8 +159,14 @@ def test_write_report_writes_markdown_and_png(tmp_path):
 
 def test_configs_derive_from_the_paper_configs():
   c = {m: ps.make_config(m, "resnet56", 2, CPU, "/data") for m in ps.METHODS}
-  assert [c[m].grad_transform for m in ps.METHODS] == ["none", "centralize", "clip", "znorm"]
-  assert c["clip"].grad_transform_params == "all" and c["clip"].clip_norm == 1.0
+  assert [c[m].grad_transform for m in ps.METHODS] == [
+    "none",
+    "centralize",
+    "clip_by_global_norm",
+    "znorm",
+  ]
+  assert c["clip"].grad_transform_params == "all"
+  assert grad_transform_kwargs(c["clip"]) == {}  # the library's max_norm=1.0
   assert c["centralize"].grad_transform_params == "kernels"
   for config in c.values():
     assert (config.model, config.seed, config.data_dir) == ("resnet56", 2, "/data")
@@ -184,7 +178,7 @@ def test_configs_derive_from_the_paper_configs():
     assert config.optimizer == "adam" and config.learning_rate == 1e-3
     assert config.schedule == "cosine" and config.batch_size == 128
     assert config.eval_every_steps == -1  # once per epoch
-  gpu = ps.PRESETS["gpu"]
+  gpu = ps.load_preset("gpu")
   assert (gpu.models, gpu.epochs, gpu.train_split, gpu.eval_split) == (
     ("resnet56",),
     200,
@@ -195,12 +189,12 @@ def test_configs_derive_from_the_paper_configs():
 
 def test_jsonl_append_survives_a_cut_line(tmp_path):
   path = tmp_path / "r.jsonl"
-  ps.append_record(path, record(seed=0))
+  append_record(path, record(seed=0))
   with open(path, "a") as f:
     f.write('{"method": "adam", "se')  # a write cut by a kill
-  ps.append_record(path, record(seed=1))
-  assert [r["seed"] for r in ps.read_records(path)] == [0, 1]
-  assert ps.read_records(tmp_path / "absent.jsonl") == []
+  append_record(path, record(seed=1))
+  assert [r["seed"] for r in read_records(path)] == [0, 1]
+  assert read_records(tmp_path / "absent.jsonl") == []
 
 
 # ------------------------------------------------------------------------------ the run loop
@@ -216,7 +210,9 @@ class StubTrainer:
   def __call__(self, config, workdir):
     key = (
       config.model,
-      {"none": "adam"}.get(config.grad_transform, config.grad_transform),
+      {"none": "adam", "clip_by_global_norm": "clip"}.get(
+        config.grad_transform, config.grad_transform
+      ),
       config.seed,
     )
     self.calls.append(key)
@@ -257,7 +253,7 @@ def test_run_loop_order_skip_and_report(tmp_path):
   new = ps.run_study(CPU, max_runs=5, **kwargs)
   assert stub.calls == [("resnet20", m, 0) for m in ps.METHODS] + [("resnet20", "adam", 1)]
   assert len(new) == 5
-  recs = ps.read_records(tmp_path / "res" / "paper_study.jsonl")
+  recs = read_records(tmp_path / "res" / "paper_study.jsonl")
   assert recs == new
   r = recs[0]
   assert (r["method"], r["seed"], r["model"], r["budget"], r["epochs"]) == (
@@ -281,7 +277,7 @@ def test_run_loop_order_skip_and_report(tmp_path):
   stub.calls.clear()
   new = ps.run_study(CPU, **{**kwargs, "max_runs": 4})
   assert stub.calls == [("resnet20", m, 1) for m in ps.METHODS[1:]] + [("resnet56", "adam", 0)]
-  assert len(ps.read_records(tmp_path / "res" / "paper_study.jsonl")) == 9
+  assert len(read_records(tmp_path / "res" / "paper_study.jsonl")) == 9
   stub.calls.clear()
   assert ps.run_study(CPU, **{**kwargs, "models": ("resnet20",)}) == [] and stub.calls == []
 
@@ -314,9 +310,8 @@ def test_workdir_of_another_preset_is_refused(tmp_path):
   )
   ps.run_study(CPU, trainer=StubTrainer(), **kwargs)
   (tmp_path / "res" / "paper_study.jsonl").unlink()
-  other = ps.Preset(
-    name="cpu", models=("resnet20",), epochs=9, train_split="train[:4096]", eval_split="test[:2000]"
-  )
+  other = ps.load_preset("cpu")
+  other.epochs = 9
   with pytest.raises(SystemExit, match="num_epochs=4 \\(now 9\\)"):
     ps.run_study(other, trainer=StubTrainer(), **kwargs)
 
@@ -324,7 +319,7 @@ def test_workdir_of_another_preset_is_refused(tmp_path):
 def test_cli_report_only(tmp_path, capsys):
   res = tmp_path / "res"
   for r in [record(seed=s, method=m) for s in (0, 1) for m in ps.METHODS]:
-    ps.append_record(res / "paper_study.jsonl", r)
+    append_record(res / "paper_study.jsonl", r)
   assert ps.main(["--budget", "cpu", "--results", str(res), "--report_only"]) == []
   assert "paper_study.png" in capsys.readouterr().out
   assert "| resnet20 | znorm | 2 |" in (res / "paper_study.md").read_text()
@@ -357,5 +352,5 @@ def test_tiny_end_to_end_run_under_mock_data(tmp_path):
   assert (r["method"], r["model"], r["budget"], r["steps"]) == ("znorm", "resnet20", "test", 4)
   assert r["eval_epochs"] == [1.0, 2.0] and len(r["epoch_accuracies"]) == 2
   assert 0.0 <= r["final_accuracy"] <= r["best_accuracy"] <= 1.0
-  assert ps.read_records(tmp_path / "res" / "paper_study.jsonl") == new
+  assert read_records(tmp_path / "res" / "paper_study.jsonl") == new
   assert (tmp_path / "res" / "paper_study.png").is_file()

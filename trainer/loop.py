@@ -215,8 +215,8 @@ def evaluation_row(
   optimizer: Optimizer,
 ) -> dict:
   """The metrics.jsonl line of an evaluation (the loop adds ``images_per_second``)."""
-  sums = ip.unreplicate(steps.evaluate(r_state, *eval_data))
-  loss, correct, count = (float(sums[k]) for k in ("loss", "correct", "count"))
+  sums = steps.evaluate(r_state, *eval_data)
+  loss, correct, count = sums["loss"], sums["correct"], sums["count"]
   return {
     "step": step,
     "epoch": step / plan.steps_per_epoch,

@@ -72,12 +72,14 @@ def read_metrics(workdir: str | os.PathLike, kind: str | None = EVAL) -> list[di
 
 
 def column(rows: Sequence[dict], x: str, y: str) -> tuple[list[float], list[float]]:
-  """``(xs, ys)`` of the rows where both fields are finite numbers, sorted by ``x``."""
+  """``(xs, ys)`` of the rows where both fields are finite numbers, sorted by ``x``; a step
+  logged twice keeps its later line."""
 
   def number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
-  pairs = sorted((r[x], r[y]) for r in rows if number(r.get(x)) and number(r.get(y)))
+  by_step = {r.get("step", ("line", i)): r for i, r in enumerate(rows)}
+  pairs = sorted((r[x], r[y]) for r in by_step.values() if number(r.get(x)) and number(r.get(y)))
   return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
