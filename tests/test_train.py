@@ -515,12 +515,14 @@ def test_eight_steps_per_dispatch_match_single_steps(tmp_path):
       assert a[field] == pytest.approx(b[field], rel=1e-6), field
 
 
-@pytest.mark.parametrize("unroll, rel", [(True, 1e-6), (False, 1e-3)])
-def test_k_step_dispatch_equals_k_single_dispatches(unroll, rel):
+@pytest.mark.parametrize("unroll", [True, False])
+def test_k_step_dispatch_equals_k_single_dispatches(unroll):
   """The trainer's step function for K = 8 in one call, unrolled (CPU) or as a `lax.scan`
-  (accelerators), against 8 calls of K = 1 on the same resident data (no gradient transform,
-  see the test above). XLA:CPU compiles the convolutions of a loop body with other kernels,
-  whose rounding differs more; an indexing or ordering mistake would differ at once by O(1)."""
+  (accelerators), against 8 calls of K = 1 on the same resident data (noise images, no
+  gradient transform). Rounding differs (XLA:CPU compiles a loop body's convolutions with
+  other kernels) and grows on noise: measured 4e-6 (unrolled) and 2e-4 (scan) of the losses,
+  2e-4 and 2e-3 of the state after 8 steps. A batch taken in the wrong order or twice moves
+  the loss by ~5%."""
   config = tiny_config(num_devices=2, grad_transform="none")
   devices = jax.local_devices()[:2]
   model = state_lib.create_model(config, 10)
@@ -546,16 +548,9 @@ def test_k_step_dispatch_equals_k_single_dispatches(unroll, rel):
   idx = ip.shard(ip.dispatch_indices(0, 0, 8, 64, 16, 2), devices)
   eight, metrics = fns[unroll].train(ip.replicate(start, devices), *data, idx)
   assert np.asarray(metrics["loss"]).shape == (2, 8)
-  print(
-    "MEASURED",
-    unroll,
-    np.max(np.abs(np.asarray(metrics["loss"])[0] - losses) / np.asarray(losses)),
-    relative_difference(flat_state(ip.unreplicate(eight)), flat_state(ip.unreplicate(one))),
-  )
-  np.testing.assert_allclose(np.asarray(metrics["loss"])[0], losses, rtol=rel)
-  assert (
-    relative_difference(flat_state(ip.unreplicate(eight)), flat_state(ip.unreplicate(one))) < rel
-  )
+  np.testing.assert_allclose(np.asarray(metrics["loss"])[0], losses, rtol=1e-3)
+  eight, one = flat_state(ip.unreplicate(eight)), flat_state(ip.unreplicate(one))
+  assert relative_difference(eight, one) < 1e-2
 
 
 def test_dispatches_stop_at_every_boundary():
