@@ -11,12 +11,19 @@ from znorm_optax._centralization import centralize
 from znorm_optax._clipping import clip, clip_by_global_norm, clip_by_layer_norm
 from znorm_optax._diagnostics import GradientStatsState, gradient_stats
 from znorm_optax._normalization import znorm
-from znorm_optax._optimizers import GRADIENT_TRANSFORMS, gradient_transform, znorm_adam, znorm_sgd
+from znorm_optax._optimizers import (
+  GRADIENT_TRANSFORM_ALIASES,
+  GRADIENT_TRANSFORMS,
+  gradient_transform,
+  znorm_adam,
+  znorm_sgd,
+)
 
 __version__ = "0.1.0"
 
 __all__ = (
   "GRADIENT_TRANSFORMS",
+  "GRADIENT_TRANSFORM_ALIASES",
   "GradientStatsState",
   "centralize",
   "clip",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import optax
@@ -9,14 +10,14 @@ import optax
 from znorm_optax import _numerics
 
 
-def _clip_leaf_norm(g: jax.Array, max_norm) -> jax.Array:
+def _clip_leaf_norm(g: jax.Array, max_norm: chex.Numeric) -> jax.Array:
   # A zero norm gives min(1, inf) = 1 and an infinite one (beyond float32) gives 0:
   # never NaN, and the factor is at most 1, so the product cannot overflow.
   factor = jnp.minimum(1.0, max_norm / _numerics.l2_norm(g))
-  return (g.astype(jnp.float32) * factor).astype(g.dtype)
+  return (g.astype(_numerics.compute_dtype(g.dtype)) * factor).astype(g.dtype)
 
 
-def clip_by_layer_norm(max_norm: float) -> optax.GradientTransformation:
+def clip_by_layer_norm(max_norm: chex.Numeric) -> optax.GradientTransformation:
   r"""Rescales each leaf whose L2 norm exceeds ``max_norm`` down to ``max_norm``.
 
   .. math::
@@ -28,7 +29,9 @@ def clip_by_layer_norm(max_norm: float) -> optax.GradientTransformation:
   :func:`optax.clip_by_global_norm`, which rescales all leaves by one shared factor, and
   :func:`optax.clip_by_block_rms`, which bounds the root-mean-square, not the norm.
   The norm is computed in float32 on power-of-two-rescaled values, so it neither
-  overflows nor underflows for finite leaves.
+  overflows nor underflows for finite leaves. Complex leaves use
+  :math:`\lVert g \rVert_2 = \sqrt{\sum |g|^2}` and stay complex; integer or boolean
+  leaves raise ``TypeError``.
 
   Args:
     max_norm: The positive bound on each leaf's L2 norm.
@@ -51,14 +54,19 @@ def clip_by_layer_norm(max_norm: float) -> optax.GradientTransformation:
   """
   _numerics.check_hyperparameter("max_norm", max_norm, strict=True)
 
-  def update_fn(updates, state, params=None):
+  def update_fn(
+    updates: optax.Updates, state: optax.OptState, params: optax.Params | None = None
+  ) -> tuple[optax.Updates, optax.OptState]:
     del params
-    return jax.tree.map(lambda g: _clip_leaf_norm(g, max_norm), updates), state
+    clipped = _numerics.map_leaves(
+      "clip_by_layer_norm", lambda g: _clip_leaf_norm(g, max_norm), updates
+    )
+    return clipped, state
 
   return optax.GradientTransformation(optax.init_empty_state, update_fn)
 
 
-def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+def clip_by_global_norm(max_norm: chex.Numeric) -> optax.GradientTransformation:
   """:func:`optax.clip_by_global_norm`, with ``max_norm`` validated.
 
   Rescales all leaves by one factor so that their global L2 norm is at most
@@ -85,7 +93,7 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
   return optax.clip_by_global_norm(max_norm)
 
 
-def clip(max_delta: float) -> optax.GradientTransformation:
+def clip(max_delta: chex.Numeric) -> optax.GradientTransformation:
   """:func:`optax.clip`, with ``max_delta`` validated: clips each element to ``±max_delta``.
 
   Args:
