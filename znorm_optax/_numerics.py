@@ -154,12 +154,12 @@ def l2_norm(g: jax.Array) -> jax.Array:
   return scale * jnp.sqrt(sum(jnp.sum(jnp.square(x / scale)) for x in parts))
 
 
-def is_concrete(value) -> bool:
+def is_concrete(value: Any) -> bool:
   """True for a Python/NumPy number or a concrete array; False for a tracer."""
   return not isinstance(value, jax.core.Tracer)
 
 
-def check_hyperparameter(name: str, value, *, minimum: float = 0.0, strict: bool) -> None:
+def check_hyperparameter(name: str, value: Any, *, minimum: float = 0.0, strict: bool) -> None:
   """Raises ``ValueError`` if a concrete hyperparameter is non-finite or below bound.
 
   Traced values (e.g. from ``optax.inject_hyperparams`` under ``jit``) are not checked:
