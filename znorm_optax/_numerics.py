@@ -12,8 +12,9 @@ contract:
 * Values are first divided by a power of two ``scale`` close to ``max|g|`` (an exact
   operation), so squares never overflow (leaves of 1e30 are fine) and tiny leaves
   (1e-30) keep their relative precision. Results are mapped back analytically.
-* The variance is a two-pass estimate, mean first and then the mean squared deviation,
-  which stays accurate when the mean dwarfs the spread (mean 1e-2, std 1e-4), where a
+* The variance is a two-pass estimate, mean first and then the mean squared deviation
+  (with the mean of the deviations as a correction, reduced in the same pass), which
+  stays accurate when the mean dwarfs the spread (mean 1e-2, std 1e-4), where a
   one-pass ``E[g^2] - E[g]^2`` in float32 cancels to noise.
 """
 
@@ -135,11 +136,21 @@ def moments(g: jax.Array, axes: tuple[int, ...]) -> Moments:
   )
   scale = power_of_two_scale(max_abs)
   inverse_scale = 1.0 / scale  # Exact: a power of two (multiplying beats dividing).
-  centered = [
+  deviations = [
     jnp.where(constant, 0.0, x * inverse_scale - m * inverse_scale)
     for x, m in zip(parts, means, strict=True)
   ]
-  variance = sum(jnp.mean(jnp.square(c), axis=axes, keepdims=True) for c in centered)
+  # Corrected two-pass: the first-pass mean carries float32 rounding (~1e-7 of max|g|),
+  # which matters when the spread is far smaller than the mean. The mean of the
+  # deviations, reduced in the same pass as their squares, removes it (Chan, Golub and
+  # LeVeque 1983), so the output is centred to rounding of the spread, not of the mean.
+  residuals = [jnp.mean(d, axis=axes, keepdims=True) for d in deviations]
+  centered = [d - r for d, r in zip(deviations, residuals, strict=True)]
+  means = [m + r * scale for m, r in zip(means, residuals, strict=True)]
+  variance = sum(
+    jnp.maximum(jnp.mean(jnp.square(d), axis=axes, keepdims=True) - jnp.square(r), 0.0)
+    for d, r in zip(deviations, residuals, strict=True)
+  )
   return Moments(_join(means), scale, _join(centered), jnp.sqrt(variance))
 
 

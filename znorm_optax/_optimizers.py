@@ -24,17 +24,13 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
   "clip_by_layer_norm": {"max_norm": 1.0},
 }
 
+# Documented in __init__.py, where the public names are.
 GRADIENT_TRANSFORMS: tuple[str, ...] = tuple(_FACTORIES)
-"""The canonical names :func:`gradient_transform` accepts, each a function of this library
-(``none`` is :func:`optax.identity`)."""
 
 GRADIENT_TRANSFORM_ALIASES: dict[str, str] = {
   "clip": "clip_by_global_norm",
   "clip_layer": "clip_by_layer_norm",
 }
-"""Deprecated names :func:`gradient_transform` still accepts, mapped to their canonical
-names; using one emits a ``DeprecationWarning``. ``"clip"`` is clipping by *global norm*
-here, not :func:`clip` (by value)."""
 
 
 def _keyword_arguments(factory: Callable[..., Any]) -> list[str]:
