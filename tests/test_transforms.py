@@ -6,6 +6,9 @@ broadcasts the inputs to every device and checks the first device's output) wher
 transform is meant to run per device.
 """
 
+import inspect
+import pathlib
+import re
 import warnings
 
 import chex
@@ -485,3 +488,18 @@ class CompositionTest(_TransformTestCase):
     assert sum(x.nbytes for x in jax.tree.leaves(chained)) == sum(
       x.nbytes for x in jax.tree.leaves(adam)
     )
+
+
+# --- the public API and its reference ------------------------------------------------------
+
+
+def test_every_public_name_has_an_api_page_and_a_documented_example():
+  api = (pathlib.Path(__file__).parents[1] / "docs" / "api.rst").read_text()
+  listed = set(re.findall(r"^   (\w+)$", api, flags=re.M))
+  assert listed == set(zo.__all__), set(zo.__all__) ^ listed
+  for name in zo.__all__:
+    obj = getattr(zo, name)
+    if callable(obj) and not isinstance(obj, type):
+      doc = inspect.getdoc(obj)
+      for section in ("Returns:", "Example:", ">>> "):
+        assert section in doc, (name, section)

@@ -16,7 +16,7 @@ from znorm_optax._optimizers import gradient_transform, znorm_adam, znorm_sgd
 __version__ = "0.1.0"
 
 GRADIENT_TRANSFORMS: tuple[str, ...] = _optimizers.GRADIENT_TRANSFORMS
-"""The names :func:`gradient_transform` accepts: the library's function names.
+"""The names :func:`gradient_transform` accepts, which are the library's function names.
 
 ``('none', 'znorm', 'centralize', 'clip_by_global_norm', 'clip_by_layer_norm')``;
 ``'none'`` is :func:`optax.identity`. A config can validate its transform name against
@@ -29,7 +29,7 @@ Example:
 """
 
 GRADIENT_TRANSFORM_ALIASES: dict[str, str] = _optimizers.GRADIENT_TRANSFORM_ALIASES
-"""Deprecated names :func:`gradient_transform` still accepts, mapped to the current ones.
+"""Deprecated names :func:`gradient_transform` still accepts, each mapped to its new name.
 
 ``{'clip': 'clip_by_global_norm', 'clip_layer': 'clip_by_layer_norm'}``: the names
 configs used before the transform names became the function names. Using one emits a

@@ -39,6 +39,9 @@ def clip_by_layer_norm(max_norm: chex.Numeric) -> optax.GradientTransformation:
   Returns:
     A stateless :class:`optax.GradientTransformation`.
 
+  Raises:
+    ValueError: If a concrete ``max_norm`` is not a finite positive number.
+
   Example:
     >>> import jax.numpy as jnp
     >>> import znorm_optax as zo
@@ -67,10 +70,15 @@ def clip_by_layer_norm(max_norm: chex.Numeric) -> optax.GradientTransformation:
 
 
 def clip_by_global_norm(max_norm: chex.Numeric) -> optax.GradientTransformation:
-  """:func:`optax.clip_by_global_norm`, with ``max_norm`` validated.
+  r""":func:`optax.clip_by_global_norm`, with ``max_norm`` validated.
+
+  .. math::
+
+    \hat g_\ell = g_\ell \cdot \min\left(1, \frac{c}{\sqrt{\sum_k \lVert g_k \rVert_2^2}}\right)
+    \quad \text{for every leaf } \ell
 
   Rescales all leaves by one factor so that their global L2 norm is at most
-  ``max_norm``. The clipping is optax's own; only the hyperparameter check is added.
+  ``max_norm`` (:math:`c`). The clipping is optax's own; only the hyperparameter check is added.
   optax squares in the gradient's dtype, so float32 leaves beyond about 1e19 make the
   norm overflow and the update zero (finite, but not the clipped direction).
 
@@ -80,6 +88,9 @@ def clip_by_global_norm(max_norm: chex.Numeric) -> optax.GradientTransformation:
   Returns:
     A stateless :class:`optax.GradientTransformation`.
 
+  Raises:
+    ValueError: If a concrete ``max_norm`` is not a finite positive number.
+
   Example:
     >>> import jax.numpy as jnp
     >>> import znorm_optax as zo
@@ -88,19 +99,34 @@ def clip_by_global_norm(max_norm: chex.Numeric) -> optax.GradientTransformation:
     >>> updates, _ = tx.update(grads, tx.init(grads))
     >>> print(updates['w'], updates['b'])
     [0.6 0.8] [0.]
+
+  References:
+    Pascanu et al., `On the difficulty of training Recurrent Neural Networks
+    <https://arxiv.org/abs/1211.5063>`_, 2012.
   """
   _numerics.check_hyperparameter("max_norm", max_norm, strict=True)
   return optax.clip_by_global_norm(max_norm)
 
 
 def clip(max_delta: chex.Numeric) -> optax.GradientTransformation:
-  """:func:`optax.clip`, with ``max_delta`` validated: clips each element to ``±max_delta``.
+  r""":func:`optax.clip`, with ``max_delta`` validated: clips each element to ``±max_delta``.
+
+  .. math::
+
+    \hat g_i = \max(-\delta, \min(\delta, g_i))
+
+  Clipping by value: each element separately, so the direction of the update changes
+  when some elements are clipped. (In :func:`gradient_transform`, the deprecated name
+  ``clip`` means :func:`clip_by_global_norm`, not this.)
 
   Args:
-    max_delta: The positive bound on each element's magnitude.
+    max_delta: The positive bound :math:`\delta` on each element's magnitude.
 
   Returns:
     A stateless :class:`optax.GradientTransformation`.
+
+  Raises:
+    ValueError: If a concrete ``max_delta`` is not a finite positive number.
 
   Example:
     >>> import jax.numpy as jnp

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -22,7 +24,9 @@ def _standardize(g: jax.Array, eps: chex.Numeric, axis: _numerics.Axis) -> jax.A
   return (m.centered * inverse).astype(g.dtype)
 
 
-def znorm(eps: chex.Numeric = 1e-8, *, axis: _numerics.Axis = None) -> optax.GradientTransformation:
+def znorm(
+  eps: chex.Numeric = 1e-8, *, axis: int | Sequence[int] | None = None
+) -> optax.GradientTransformation:
   r"""Standardizes each gradient leaf to zero mean and unit standard deviation.
 
   .. math::

@@ -49,9 +49,19 @@ def znorm_adam(
   *,
   znorm_eps: chex.Numeric = 1e-8,
 ) -> optax.GradientTransformation:
-  """Adam on Z-score-normalized gradients, as in the paper.
+  r"""Adam on Z-score-normalized gradients, as in the paper.
 
-  Equal to ``optax.chain(znorm(znorm_eps), optax.adam(learning_rate, b1, b2, eps))``.
+  .. math::
+
+    \hat g_t = \frac{g_t - \mu(g_t)}{\sigma(g_t) + \epsilon_z}, \quad
+    m_t = \beta_1 m_{t-1} + (1 - \beta_1) \hat g_t, \quad
+    v_t = \beta_2 v_{t-1} + (1 - \beta_2) \hat g_t^2, \quad
+    u_t = -\eta_t \frac{m_t / (1 - \beta_1^t)}{\sqrt{v_t / (1 - \beta_2^t)} + \epsilon}
+
+  per leaf (:func:`znorm`, then :func:`optax.adam`). Equal to
+  ``optax.chain(znorm(znorm_eps), optax.adam(learning_rate, b1, b2, eps))``. It
+  normalizes every leaf, biases included; to normalize kernels only, chain
+  ``optax.masked(znorm(), masks.kernels_only)`` with ``optax.adam`` yourself.
 
   Args:
     learning_rate: A scalar or a schedule (``optax.Schedule``).
@@ -74,6 +84,13 @@ def znorm_adam(
     >>> updates, state = opt.update(grads, state, params)
     >>> print(optax.apply_updates(params, updates)['w'].round(4))
     [ 0.9 -0.9  1.9]
+
+  References:
+    Yun, `ZNorm: Z-Score Gradient Normalization for Accelerating Skip-Connected Network
+    Training without Architectural Modification <https://arxiv.org/abs/2408.01215>`_,
+    2024.
+    Kingma and Ba, `Adam: A Method for Stochastic Optimization
+    <https://arxiv.org/abs/1412.6980>`_, 2015.
   """
   return optax.chain(
     _normalization.znorm(znorm_eps), optax.adam(learning_rate, b1=b1, b2=b2, eps=eps)
@@ -87,9 +104,17 @@ def znorm_sgd(
   *,
   znorm_eps: chex.Numeric = 1e-8,
 ) -> optax.GradientTransformation:
-  """SGD (optionally with momentum) on Z-score-normalized gradients.
+  r"""SGD (optionally with momentum) on Z-score-normalized gradients.
 
-  Equal to ``optax.chain(znorm(znorm_eps), optax.sgd(learning_rate, momentum, nesterov))``.
+  .. math::
+
+    \hat g_t = \frac{g_t - \mu(g_t)}{\sigma(g_t) + \epsilon_z}, \quad
+    m_t = \beta m_{t-1} + \hat g_t, \quad
+    u_t = -\eta_t m_t
+
+  per leaf (:math:`\beta = 0` without momentum). Equal to
+  ``optax.chain(znorm(znorm_eps), optax.sgd(learning_rate, momentum, nesterov))``.
+  ZNorm fixes the update's scale, so use a decaying ``learning_rate`` to converge.
 
   Args:
     learning_rate: A scalar or a schedule (``optax.Schedule``).
@@ -109,6 +134,11 @@ def znorm_sgd(
     >>> updates, _ = opt.update({'w': jnp.array([3.0, 1.0])}, opt.init(params))
     >>> print(optax.apply_updates(params, updates)['w'])
     [0.5 2.5]
+
+  References:
+    Yun, `ZNorm: Z-Score Gradient Normalization for Accelerating Skip-Connected Network
+    Training without Architectural Modification <https://arxiv.org/abs/2408.01215>`_,
+    2024.
   """
   return optax.chain(
     _normalization.znorm(znorm_eps),
@@ -119,15 +149,15 @@ def znorm_sgd(
 def gradient_transform(name: str, **kwargs: Any) -> optax.GradientTransformation:
   """Builds a gradient transform from its name, as a config names it.
 
-  ======================= ========================================== ======================
-  name                    transform                                  keyword arguments
-  ======================= ========================================== ======================
-  ``none``                :func:`optax.identity`                     (none)
-  ``znorm``               :func:`znorm`                              ``eps``, ``axis``
-  ``centralize``          :func:`centralize`                         (none)
-  ``clip_by_global_norm`` :func:`clip_by_global_norm`                ``max_norm=1.0``
-  ``clip_by_layer_norm``  :func:`clip_by_layer_norm` (Keras clipnorm) ``max_norm=1.0``
-  ======================= ========================================== ======================
+  ======================= ============================================ ==================
+  name                    transform                                    keyword arguments
+  ======================= ============================================ ==================
+  ``none``                :func:`optax.identity`                       (none)
+  ``znorm``               :func:`znorm`                                ``eps``, ``axis``
+  ``centralize``          :func:`centralize`                           (none)
+  ``clip_by_global_norm`` :func:`clip_by_global_norm`                  ``max_norm=1.0``
+  ``clip_by_layer_norm``  :func:`clip_by_layer_norm` (Keras clipnorm)  ``max_norm=1.0``
+  ======================= ============================================ ==================
 
   The names are the library's function names (:data:`GRADIENT_TRANSFORMS`) and
   ``kwargs`` go straight to the function, with the defaults above. The old names
