@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 LIBRARY_TESTS=(tests/test_transforms.py tests/test_properties.py tests/test_fit.py znorm_optax)
-TEST_TOOLS=("pytest>=8" "hypothesis>=6.100")
+TEST_TOOLS=("pytest>=8" "pytest-xdist" "hypothesis>=6.100")
 
 interpreter() {  # interpreter MAJOR.MINOR: the newest pyenv build of that version, or PATH's
   local version
@@ -43,13 +43,12 @@ run_env() {  # run_env NAME PYTHON PACKAGES...
   local venv=/tmp/znorm-optax-$name-venv start=$SECONDS
   rm -rf "$venv"
   "$python" -m venv "$venv"
-  "$venv/bin/python" -m pip install --quiet --upgrade pip
   "$venv/bin/python" -m pip install --quiet -e . "$@" "${TEST_TOOLS[@]}"
   echo "library_matrix[$name]: $("$venv/bin/python" -c 'import sys, jax, jaxlib, optax, chex, numpy
 print(f"Python {sys.version.split()[0]}, jax {jax.__version__}, jaxlib {jaxlib.__version__}, "
       f"optax {optax.__version__}, chex {chex.__version__}, numpy {numpy.__version__}")')"
   local installed=$((SECONDS - start))
-  "$venv/bin/python" -m pytest -q "${LIBRARY_TESTS[@]}"
+  "$venv/bin/python" -m pytest -q -n 2 "${LIBRARY_TESTS[@]}"
   echo "library_matrix[$name]: passed (install ${installed}s, total $((SECONDS - start))s)"
 }
 
