@@ -1,5 +1,6 @@
-"""Each transform chained into Adam fits a small regression problem."""
+"""Each transform chained into Adam fits a small regression problem (jax and optax only)."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,7 +46,10 @@ def test_two_layer_mlp_fit(name):
     return optax.apply_updates(params, updates), state, loss
 
   state = tx.init(params)
+  initial_params = params
   for _ in range(steps):
     params, state, _ = step(params, state)
+  chex.assert_trees_all_equal_shapes_and_dtypes(params, initial_params)
+  chex.assert_tree_all_finite(params)
   final_loss = float(mse(params, x, y))
   assert final_loss < 0.02 < initial_loss / 10, (name, initial_loss, final_loss)

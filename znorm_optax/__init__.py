@@ -6,17 +6,45 @@ with ``optax.chain``, ``optax.masked``, ``optax.multi_transform`` and
 arrays.
 """
 
-from znorm_optax import masks
+from znorm_optax import _optimizers, masks
 from znorm_optax._centralization import centralize
 from znorm_optax._clipping import clip, clip_by_global_norm, clip_by_layer_norm
 from znorm_optax._diagnostics import GradientStatsState, gradient_stats
 from znorm_optax._normalization import znorm
-from znorm_optax._optimizers import GRADIENT_TRANSFORMS, gradient_transform, znorm_adam, znorm_sgd
+from znorm_optax._optimizers import gradient_transform, znorm_adam, znorm_sgd
 
 __version__ = "0.1.0"
 
+GRADIENT_TRANSFORMS: tuple[str, ...] = _optimizers.GRADIENT_TRANSFORMS
+"""The names :func:`gradient_transform` accepts, which are the library's function names.
+
+``('none', 'znorm', 'centralize', 'clip_by_global_norm', 'clip_by_layer_norm')``;
+``'none'`` is :func:`optax.identity`. A config can validate its transform name against
+this tuple and pass its keyword arguments straight to :func:`gradient_transform`.
+
+Example:
+  >>> import znorm_optax as zo
+  >>> 'clip_by_layer_norm' in zo.GRADIENT_TRANSFORMS
+  True
+"""
+
+GRADIENT_TRANSFORM_ALIASES: dict[str, str] = _optimizers.GRADIENT_TRANSFORM_ALIASES
+"""Deprecated names :func:`gradient_transform` still accepts, each mapped to its new name.
+
+``{'clip': 'clip_by_global_norm', 'clip_layer': 'clip_by_layer_norm'}``: the names
+configs used before the transform names became the function names. Using one emits a
+``DeprecationWarning`` naming the new name. ``'clip'`` here is clipping by *global
+norm*, not :func:`clip` (by value).
+
+Example:
+  >>> import znorm_optax as zo
+  >>> zo.GRADIENT_TRANSFORM_ALIASES['clip']
+  'clip_by_global_norm'
+"""
+
 __all__ = (
   "GRADIENT_TRANSFORMS",
+  "GRADIENT_TRANSFORM_ALIASES",
   "GradientStatsState",
   "centralize",
   "clip",

@@ -6,12 +6,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from znorm_optax import _numerics
+
 
 def _centralize_leaf(g: jax.Array) -> jax.Array:
   if g.ndim < 2:
     return g
   axes = tuple(range(g.ndim - 1))
-  x = g.astype(jnp.float32)
+  x = g.astype(_numerics.compute_dtype(g.dtype))
   return (x - jnp.mean(x, axis=axes, keepdims=True)).astype(g.dtype)
 
 
@@ -25,7 +27,9 @@ def centralize() -> optax.GradientTransformation:
   Gradient centralization (Yong et al. 2020) for Flax's layout: Dense kernels are
   ``(in, out)`` and Conv kernels ``(kh, kw, in, out)``, so the output feature is the
   *last* axis and each output unit's weight vector is centred. Leaves with fewer than
-  two dimensions (biases, BatchNorm parameters) are returned unchanged.
+  two dimensions (biases, BatchNorm parameters) are returned unchanged. The mean is
+  computed in float32 (complex64 for complex gradients) and the result has the
+  gradient's dtype; integer or boolean leaves raise ``TypeError``.
 
   ``optax.centralize`` keeps axis 0 instead, the output axis of PyTorch's
   ``(out, in, kh, kw)`` layout; on Flax kernels it centres across output units, a
@@ -52,8 +56,10 @@ def centralize() -> optax.GradientTransformation:
     Neural Networks <https://arxiv.org/abs/2004.01461>`_, 2020.
   """
 
-  def update_fn(updates, state, params=None):
+  def update_fn(
+    updates: optax.Updates, state: optax.OptState, params: optax.Params | None = None
+  ) -> tuple[optax.Updates, optax.OptState]:
     del params
-    return jax.tree.map(_centralize_leaf, updates), state
+    return _numerics.map_leaves("centralize", _centralize_leaf, updates), state
 
   return optax.GradientTransformation(optax.init_empty_state, update_fn)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import chex
 import jax
 import jax.numpy as jnp
 import optax
@@ -9,7 +12,7 @@ import optax
 from znorm_optax import _numerics
 
 
-def _standardize(g: jax.Array, eps, axis: _numerics.Axis) -> jax.Array:
+def _standardize(g: jax.Array, eps: chex.Numeric, axis: _numerics.Axis) -> jax.Array:
   axes = _numerics.normalize_axis(axis, g.ndim)
   if _numerics.reduction_size(g.shape, axes) <= 1:
     return g  # No spread to measure: a scalar step size is left to the optimizer.
@@ -21,7 +24,9 @@ def _standardize(g: jax.Array, eps, axis: _numerics.Axis) -> jax.Array:
   return (m.centered * inverse).astype(g.dtype)
 
 
-def znorm(eps: float = 1e-8, *, axis: _numerics.Axis = None) -> optax.GradientTransformation:
+def znorm(
+  eps: chex.Numeric = 1e-8, *, axis: int | Sequence[int] | None = None
+) -> optax.GradientTransformation:
   r"""Standardizes each gradient leaf to zero mean and unit standard deviation.
 
   .. math::
@@ -29,17 +34,20 @@ def znorm(eps: float = 1e-8, *, axis: _numerics.Axis = None) -> optax.GradientTr
     \hat g = \frac{g - \mu(g)}{\sigma(g) + \epsilon}
 
   where :math:`\mu` and :math:`\sigma` are the mean and the population standard
-  deviation (``ddof=0``) over all elements of the leaf (``axis=None``, as in the paper)
-  or over ``axis`` (e.g. ``axis=(0, 1, 2)`` standardizes each output channel of a Flax
-  ``(kh, kw, in, out)`` kernel). ``eps`` is added to the standard deviation, outside the
-  square root, as in the paper.
+  deviation (``ddof=0``; for complex gradients :math:`\sigma = \sqrt{\mu(|g - \mu|^2)}`,
+  as :func:`jax.numpy.std` defines it, and the result stays complex) over all elements
+  of the leaf (``axis=None``, as in the paper) or over ``axis`` (e.g.
+  ``axis=(0, 1, 2)`` standardizes each output channel of a Flax ``(kh, kw, in, out)``
+  kernel). ``eps`` is added to the standard deviation, outside the square root, as in
+  the paper.
 
   Numerics: statistics are computed in float32 for any gradient dtype with a two-pass
   variance on values pre-divided by an exact power of two, so they match a float64
   reference when the mean dwarfs the spread and stay finite from 1e-30 to 1e30; the
   result has the gradient's dtype. A leaf (or a reduction) of one element is returned
   unchanged, a leaf with zero spread becomes zeros (never NaN), and ``None`` or
-  ``optax.MaskedNode`` leaves pass through.
+  ``optax.MaskedNode`` leaves pass through. Integer or boolean leaves raise
+  ``TypeError`` naming the leaf and its dtype.
 
   What it does to an update: each tensor's update has mean 0 and a fixed scale, so the
   gradient's magnitude is discarded (the learning rate alone sets the step; use a
@@ -53,6 +61,9 @@ def znorm(eps: float = 1e-8, *, axis: _numerics.Axis = None) -> optax.GradientTr
 
   Returns:
     A stateless :class:`optax.GradientTransformation`.
+
+  Raises:
+    ValueError: If a concrete ``eps`` is negative, NaN or infinite.
 
   Example:
     >>> import jax.numpy as jnp
@@ -75,8 +86,10 @@ def znorm(eps: float = 1e-8, *, axis: _numerics.Axis = None) -> optax.GradientTr
   """
   _numerics.check_hyperparameter("eps", eps, strict=False)
 
-  def update_fn(updates, state, params=None):
+  def update_fn(
+    updates: optax.Updates, state: optax.OptState, params: optax.Params | None = None
+  ) -> tuple[optax.Updates, optax.OptState]:
     del params
-    return jax.tree.map(lambda g: _standardize(g, eps, axis), updates), state
+    return _numerics.map_leaves("znorm", lambda g: _standardize(g, eps, axis), updates), state
 
   return optax.GradientTransformation(optax.init_empty_state, update_fn)

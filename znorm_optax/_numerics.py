@@ -3,29 +3,75 @@
 Every public transform reduces through these helpers, so they share one numerical
 contract:
 
-* Statistics are accumulated in float32 whatever the leaf's dtype. Under ``jit`` the
+* Statistics are accumulated in float32 whatever the leaf's dtype (complex leaves in
+  complex64: a complex mean, and the standard deviation ``sqrt(mean |g - mean|^2)`` as
+  ``jnp.std`` defines it, from the real and imaginary parts). Under ``jit`` the
   ``astype`` below fuses into the reductions; no float32 copy of a bf16 tensor is
-  materialized.
+  materialized. Integer and boolean leaves are refused with a ``TypeError``
+  (:func:`map_leaves`).
 * Values are first divided by a power of two ``scale`` close to ``max|g|`` (an exact
   operation), so squares never overflow (leaves of 1e30 are fine) and tiny leaves
   (1e-30) keep their relative precision. Results are mapped back analytically.
-* The variance is a two-pass estimate, mean first and then the mean squared deviation,
-  which stays accurate when the mean dwarfs the spread (mean 1e-2, std 1e-4), where a
+* The variance is a two-pass estimate, mean first and then the mean squared deviation
+  (with the mean of the deviations as a correction, reduced in the same pass), which
+  stays accurate when the mean dwarfs the spread (mean 1e-2, std 1e-4), where a
   one-pass ``E[g^2] - E[g]^2`` in float32 cancels to noise.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from numbers import Real
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 Axis = int | Sequence[int] | None
+
+
+def compute_dtype(dtype: Any) -> np.dtype:
+  """The dtype statistics are computed in: complex64 for complex leaves, else float32."""
+  return np.dtype(np.complex64 if jnp.issubdtype(dtype, jnp.complexfloating) else np.float32)
+
+
+def check_leaf(transform: str, path: Any, g: jax.Array) -> None:
+  """Raises ``TypeError`` unless ``g`` is a floating-point or complex array."""
+  if not jnp.issubdtype(g.dtype, jnp.inexact):
+    where = jax.tree_util.keystr(path) or "(the whole tree)"
+    raise TypeError(
+      f"{transform}: the gradient leaf at {where} has dtype {g.dtype}, but statistics need "
+      "a floating-point or complex dtype; leave that leaf out with optax.masked"
+    )
+
+
+def map_leaves(transform: str, fn: Callable[[jax.Array], jax.Array], tree: Any) -> Any:
+  """``jax.tree.map(fn, tree)`` after checking every leaf with :func:`check_leaf`.
+
+  ``None`` and ``optax.MaskedNode`` are empty subtrees, so they pass through untouched.
+  """
+
+  def checked(path: Any, g: Any) -> jax.Array:
+    g = jnp.asarray(g)
+    check_leaf(transform, path, g)
+    return fn(g)
+
+  return jax.tree_util.tree_map_with_path(checked, tree)
+
+
+def _parts(x: jax.Array) -> tuple[jax.Array, ...]:
+  """The real components of ``x``: ``(x,)``, or ``(x.real, x.imag)`` if complex."""
+  if jnp.iscomplexobj(x):
+    return (jnp.real(x), jnp.imag(x))
+  return (x,)
+
+
+def _join(parts: Sequence[jax.Array]) -> jax.Array:
+  """Inverse of :func:`_parts`."""
+  return parts[0] if len(parts) == 1 else jax.lax.complex(parts[0], parts[1])
 
 
 def normalize_axis(axis: Axis, ndim: int) -> tuple[int, ...]:
@@ -68,38 +114,63 @@ class Moments(NamedTuple):
 
 
 def moments(g: jax.Array, axes: tuple[int, ...]) -> Moments:
-  """Mean and population standard deviation of ``g`` over ``axes`` (kept as size 1)."""
-  x = g.astype(jnp.float32)
+  """Mean and population standard deviation of ``g`` over ``axes`` (kept as size 1).
+
+  For a complex ``g`` the mean and ``centered`` are complex64 and ``scaled_std`` is
+  real: ``sqrt(mean |g - mean|^2)``, the root of the summed variances of the real and
+  imaginary parts.
+  """
+  parts = _parts(g.astype(compute_dtype(g.dtype)))
   n = reduction_size(g.shape, axes)
-  # The three first-pass reductions read only x, so XLA fuses them into one pass.
+  # The first-pass reductions read only the input, so XLA fuses them into one pass.
   # Scaling each term by 1/n before summing keeps the sum finite near float32's maximum.
-  high = jnp.max(x, axis=axes, keepdims=True)
-  low = jnp.min(x, axis=axes, keepdims=True)
-  mean = jnp.sum(x * (1.0 / n), axis=axes, keepdims=True)
+  highs = [jnp.max(x, axis=axes, keepdims=True) for x in parts]
+  lows = [jnp.min(x, axis=axes, keepdims=True) for x in parts]
+  means = [jnp.sum(x * (1.0 / n), axis=axes, keepdims=True) for x in parts]
   # A rounded mean of a constant group is not exactly the constant; max == min is an
   # exact test, so zero spread gives exact zeros rather than amplified rounding noise.
-  constant = high == low
-  mean = jnp.where(constant, high, mean)
-  scale = power_of_two_scale(jnp.maximum(high, -low))
+  constant = functools.reduce(jnp.logical_and, [h == lo for h, lo in zip(highs, lows, strict=True)])
+  means = [jnp.where(constant, h, m) for h, m in zip(highs, means, strict=True)]
+  max_abs = functools.reduce(
+    jnp.maximum, [jnp.maximum(h, -lo) for h, lo in zip(highs, lows, strict=True)]
+  )
+  scale = power_of_two_scale(max_abs)
   inverse_scale = 1.0 / scale  # Exact: a power of two (multiplying beats dividing).
-  centered = jnp.where(constant, 0.0, x * inverse_scale - mean * inverse_scale)
-  variance = jnp.mean(jnp.square(centered), axis=axes, keepdims=True)
-  return Moments(mean, scale, centered, jnp.sqrt(variance))
+  deviations = [
+    jnp.where(constant, 0.0, x * inverse_scale - m * inverse_scale)
+    for x, m in zip(parts, means, strict=True)
+  ]
+  # Corrected two-pass: the first-pass mean carries float32 rounding (~1e-7 of max|g|),
+  # which matters when the spread is far smaller than the mean. The mean of the
+  # deviations, reduced in the same pass as their squares, removes it (Chan, Golub and
+  # LeVeque 1983), so the output is centred to rounding of the spread, not of the mean.
+  residuals = [jnp.mean(d, axis=axes, keepdims=True) for d in deviations]
+  centered = [d - r for d, r in zip(deviations, residuals, strict=True)]
+  means = [m + r * scale for m, r in zip(means, residuals, strict=True)]
+  variance = sum(
+    jnp.maximum(jnp.mean(jnp.square(d), axis=axes, keepdims=True) - jnp.square(r), 0.0)
+    for d, r in zip(deviations, residuals, strict=True)
+  )
+  return Moments(_join(means), scale, _join(centered), jnp.sqrt(variance))
 
 
 def l2_norm(g: jax.Array) -> jax.Array:
-  """The L2 norm of ``g`` as a float32 scalar: never NaN, inf only beyond float32's range."""
-  x = g.astype(jnp.float32)
-  scale = power_of_two_scale(jnp.max(jnp.abs(x), initial=0.0))
-  return scale * jnp.sqrt(jnp.sum(jnp.square(x / scale)))
+  """The L2 norm of ``g`` as a float32 scalar: never NaN, inf only beyond float32's range.
+
+  For a complex ``g`` it is ``sqrt(sum |g|^2)``.
+  """
+  parts = _parts(g.astype(compute_dtype(g.dtype)))
+  max_abs = functools.reduce(jnp.maximum, [jnp.max(jnp.abs(x), initial=0.0) for x in parts])
+  scale = power_of_two_scale(max_abs)
+  return scale * jnp.sqrt(sum(jnp.sum(jnp.square(x / scale)) for x in parts))
 
 
-def is_concrete(value) -> bool:
+def is_concrete(value: Any) -> bool:
   """True for a Python/NumPy number or a concrete array; False for a tracer."""
   return not isinstance(value, jax.core.Tracer)
 
 
-def check_hyperparameter(name: str, value, *, minimum: float = 0.0, strict: bool) -> None:
+def check_hyperparameter(name: str, value: Any, *, minimum: float = 0.0, strict: bool) -> None:
   """Raises ``ValueError`` if a concrete hyperparameter is non-finite or below bound.
 
   Traced values (e.g. from ``optax.inject_hyperparams`` under ``jit``) are not checked:

@@ -2,32 +2,66 @@
 
 from __future__ import annotations
 
+import inspect
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import chex
 import optax
 
 from znorm_optax import _centralization, _clipping, _normalization
 
-_FACTORIES = {
+_FACTORIES: dict[str, Callable[..., optax.GradientTransformation]] = {
   "none": optax.identity,
   "znorm": _normalization.znorm,
   "centralize": _centralization.centralize,
-  "clip": _clipping.clip_by_global_norm,
-  "clip_layer": _clipping.clip_by_layer_norm,
+  "clip_by_global_norm": _clipping.clip_by_global_norm,
+  "clip_by_layer_norm": _clipping.clip_by_layer_norm,
 }
-_DEFAULTS = {"clip": {"max_norm": 1.0}, "clip_layer": {"max_norm": 1.0}}
-GRADIENT_TRANSFORMS = tuple(_FACTORIES)
+_DEFAULTS: dict[str, dict[str, Any]] = {
+  "clip_by_global_norm": {"max_norm": 1.0},
+  "clip_by_layer_norm": {"max_norm": 1.0},
+}
+
+# Documented in __init__.py, where the public names are.
+GRADIENT_TRANSFORMS: tuple[str, ...] = tuple(_FACTORIES)
+
+GRADIENT_TRANSFORM_ALIASES: dict[str, str] = {
+  "clip": "clip_by_global_norm",
+  "clip_layer": "clip_by_layer_norm",
+}
+
+
+def _keyword_arguments(factory: Callable[..., Any]) -> list[str]:
+  return [
+    p.name
+    for p in inspect.signature(factory).parameters.values()
+    if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+  ]
 
 
 def znorm_adam(
   learning_rate: optax.ScalarOrSchedule,
-  b1: float = 0.9,
-  b2: float = 0.999,
-  eps: float = 1e-8,
+  b1: chex.Numeric = 0.9,
+  b2: chex.Numeric = 0.999,
+  eps: chex.Numeric = 1e-8,
   *,
-  znorm_eps: float = 1e-8,
+  znorm_eps: chex.Numeric = 1e-8,
 ) -> optax.GradientTransformation:
-  """Adam on Z-score-normalized gradients, as in the paper.
+  r"""Adam on Z-score-normalized gradients, as in the paper.
 
-  Equal to ``optax.chain(znorm(znorm_eps), optax.adam(learning_rate, b1, b2, eps))``.
+  .. math::
+
+    \hat g_t = \frac{g_t - \mu(g_t)}{\sigma(g_t) + \epsilon_z}, \quad
+    m_t = \beta_1 m_{t-1} + (1 - \beta_1) \hat g_t, \quad
+    v_t = \beta_2 v_{t-1} + (1 - \beta_2) \hat g_t^2, \quad
+    u_t = -\eta_t \frac{m_t / (1 - \beta_1^t)}{\sqrt{v_t / (1 - \beta_2^t)} + \epsilon}
+
+  per leaf (:func:`znorm`, then :func:`optax.adam`). Equal to
+  ``optax.chain(znorm(znorm_eps), optax.adam(learning_rate, b1, b2, eps))``. It
+  normalizes every leaf, biases included; to normalize kernels only, chain
+  ``optax.masked(znorm(), masks.kernels_only)`` with ``optax.adam`` yourself.
 
   Args:
     learning_rate: A scalar or a schedule (``optax.Schedule``).
@@ -48,8 +82,15 @@ def znorm_adam(
     >>> state = opt.init(params)
     >>> grads = {'w': jnp.array([0.5, -0.1, 0.3])}
     >>> updates, state = opt.update(grads, state, params)
-    >>> print(optax.apply_updates(params, updates)['w'])
-    [ 0.9 -0.9 1.9 ]
+    >>> print(optax.apply_updates(params, updates)['w'].round(4))
+    [ 0.9 -0.9  1.9]
+
+  References:
+    Yun, `ZNorm: Z-Score Gradient Normalization for Accelerating Skip-Connected Network
+    Training without Architectural Modification <https://arxiv.org/abs/2408.01215>`_,
+    2024.
+    Kingma and Ba, `Adam: A Method for Stochastic Optimization
+    <https://arxiv.org/abs/1412.6980>`_, 2015.
   """
   return optax.chain(
     _normalization.znorm(znorm_eps), optax.adam(learning_rate, b1=b1, b2=b2, eps=eps)
@@ -61,11 +102,19 @@ def znorm_sgd(
   momentum: float | None = None,
   nesterov: bool = False,
   *,
-  znorm_eps: float = 1e-8,
+  znorm_eps: chex.Numeric = 1e-8,
 ) -> optax.GradientTransformation:
-  """SGD (optionally with momentum) on Z-score-normalized gradients.
+  r"""SGD (optionally with momentum) on Z-score-normalized gradients.
 
-  Equal to ``optax.chain(znorm(znorm_eps), optax.sgd(learning_rate, momentum, nesterov))``.
+  .. math::
+
+    \hat g_t = \frac{g_t - \mu(g_t)}{\sigma(g_t) + \epsilon_z}, \quad
+    m_t = \beta m_{t-1} + \hat g_t, \quad
+    u_t = -\eta_t m_t
+
+  per leaf (:math:`\beta = 0` without momentum). Equal to
+  ``optax.chain(znorm(znorm_eps), optax.sgd(learning_rate, momentum, nesterov))``.
+  ZNorm fixes the update's scale, so use a decaying ``learning_rate`` to converge.
 
   Args:
     learning_rate: A scalar or a schedule (``optax.Schedule``).
@@ -85,6 +134,11 @@ def znorm_sgd(
     >>> updates, _ = opt.update({'w': jnp.array([3.0, 1.0])}, opt.init(params))
     >>> print(optax.apply_updates(params, updates)['w'])
     [0.5 2.5]
+
+  References:
+    Yun, `ZNorm: Z-Score Gradient Normalization for Accelerating Skip-Connected Network
+    Training without Architectural Modification <https://arxiv.org/abs/2408.01215>`_,
+    2024.
   """
   return optax.chain(
     _normalization.znorm(znorm_eps),
@@ -92,40 +146,70 @@ def znorm_sgd(
   )
 
 
-def gradient_transform(name: str, **kwargs) -> optax.GradientTransformation:
-  """Builds a gradient transform from its config name.
+def gradient_transform(name: str, **kwargs: Any) -> optax.GradientTransformation:
+  """Builds a gradient transform from its name, as a config names it.
 
-  ============== ========================================= ==================
-  name           transform                                 keyword arguments
-  ============== ========================================= ==================
-  ``none``       :func:`optax.identity`                    (none)
-  ``znorm``      :func:`znorm`                             ``eps``, ``axis``
-  ``centralize`` :func:`centralize`                        (none)
-  ``clip``       :func:`clip_by_global_norm`               ``max_norm=1.0``
-  ``clip_layer`` :func:`clip_by_layer_norm` (Keras clipnorm) ``max_norm=1.0``
-  ============== ========================================= ==================
+  ======================= ============================================ ==================
+  name                    transform                                    keyword arguments
+  ======================= ============================================ ==================
+  ``none``                :func:`optax.identity`                       (none)
+  ``znorm``               :func:`znorm`                                ``eps``, ``axis``
+  ``centralize``          :func:`centralize`                           (none)
+  ``clip_by_global_norm`` :func:`clip_by_global_norm`                  ``max_norm=1.0``
+  ``clip_by_layer_norm``  :func:`clip_by_layer_norm` (Keras clipnorm)  ``max_norm=1.0``
+  ======================= ============================================ ==================
+
+  The names are the library's function names (:data:`GRADIENT_TRANSFORMS`) and
+  ``kwargs`` go straight to the function, with the defaults above. The old names
+  ``clip`` and ``clip_layer`` (:data:`GRADIENT_TRANSFORM_ALIASES`) still work but emit a
+  ``DeprecationWarning`` naming the new one; by-value clipping (:func:`clip`) has no
+  name here.
 
   Args:
-    name: One of :data:`GRADIENT_TRANSFORMS`.
-    **kwargs: The chosen transform's hyperparameters.
+    name: One of :data:`GRADIENT_TRANSFORMS` (or a deprecated alias).
+    **kwargs: The chosen transform's keyword arguments.
 
   Returns:
     A :class:`optax.GradientTransformation`.
 
   Raises:
-    ValueError: For an unknown name or a bad hyperparameter.
+    ValueError: For an unknown name or a bad hyperparameter value.
+    TypeError: For a keyword argument the chosen transform does not take.
 
   Example:
     >>> import optax
     >>> import znorm_optax as zo
-    >>> opt = optax.chain(zo.gradient_transform('clip', max_norm=0.5), optax.adam(1e-3))
+    >>> zo.GRADIENT_TRANSFORMS
+    ('none', 'znorm', 'centralize', 'clip_by_global_norm', 'clip_by_layer_norm')
+    >>> opt = optax.chain(zo.gradient_transform('znorm', axis=(0, 1, 2)), optax.adam(1e-3))
+    >>> opt = optax.chain(zo.gradient_transform('clip_by_global_norm'), optax.adam(1e-3))
     >>> zo.gradient_transform('zscore')
     Traceback (most recent call last):
     ...
     ValueError: unknown gradient transform 'zscore'; valid names: none, znorm, ...
+    >>> zo.gradient_transform('znorm', epsilon=1e-6)
+    Traceback (most recent call last):
+    ...
+    TypeError: gradient transform 'znorm' got unknown keyword argument(s) epsilon; ...
   """
+  if name in GRADIENT_TRANSFORM_ALIASES:
+    canonical = GRADIENT_TRANSFORM_ALIASES[name]
+    warnings.warn(
+      f"gradient transform name {name!r} is deprecated; use {canonical!r}",
+      DeprecationWarning,
+      stacklevel=2,
+    )
+    name = canonical
   if name not in _FACTORIES:
     raise ValueError(
       f"unknown gradient transform {name!r}; valid names: {', '.join(GRADIENT_TRANSFORMS)}"
     )
-  return _FACTORIES[name](**{**_DEFAULTS.get(name, {}), **kwargs})
+  factory = _FACTORIES[name]
+  valid = _keyword_arguments(factory)
+  unknown = [k for k in kwargs if k not in valid]
+  if unknown:
+    raise TypeError(
+      f"gradient transform {name!r} got unknown keyword argument(s) {', '.join(unknown)}; "
+      f"valid keyword arguments: {', '.join(valid) or '(none)'}"
+    )
+  return factory(**{**_DEFAULTS.get(name, {}), **kwargs})

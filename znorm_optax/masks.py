@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import chex
 import jax
 
 
-def kernels_only(params):
+def kernels_only(params: chex.ArrayTree) -> Any:
   """Marks the leaves with two or more dimensions (Dense and Conv kernels).
 
   Biases, BatchNorm scales and offsets and other vectors or scalars are ``False``, so
@@ -16,7 +19,8 @@ def kernels_only(params):
     params: A pytree of arrays (or of ``jax.ShapeDtypeStruct``).
 
   Returns:
-    A pytree of Python bools with the structure of ``params``.
+    A pytree of Python bools with the structure of ``params``, for the ``mask``
+    argument of :func:`optax.masked`.
 
   Example:
     >>> import jax.numpy as jnp
