@@ -5,18 +5,25 @@ r"""Data-parallel CIFAR training of `models/` ResNets with `znorm_optax` gradien
 
 The flags become `trainer.loop.train_and_evaluate(config, workdir)`, which resumes from the
 workdir's last checkpoint; see `trainer/` for its parts and the README for the outputs.
-Expected errors (a bad flag or config value, a missing dataset) end as one ``error: ...`` line
-on stderr and exit status 1.
+Expected errors (a bad flag or config value, a missing dataset, a workdir in use, a changed
+config on resume, a damaged or unwritable checkpoint, divergence) end as one ``error: ...`` line
+on stderr and exit status 1; Ctrl-C saves a checkpoint and exits 130 (a second Ctrl-C at once).
+
+Several hosts: run the same command on every host with ``--distributed``; JAX detects the
+cluster (TPU pods, SLURM, ...), or give ``--coordinator_address=HOST:PORT --num_processes=N
+--process_id=I``.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from trainer.errors import Interrupted, TrainerError
 from trainer.loop import train_and_evaluate
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py")
@@ -31,6 +38,11 @@ def define_flags() -> None:
     "Call jax.distributed.initialize() first (multi-host, e.g. TPU pods: run the same command "
     "on every host).",
   )
+  flags.DEFINE_string(
+    "coordinator_address", None, "With --distributed: HOST:PORT of process 0 (default: detect)."
+  )
+  flags.DEFINE_integer("num_processes", None, "With --distributed: the number of processes.")
+  flags.DEFINE_integer("process_id", None, "With --distributed: this process's index.")
   config_flags.DEFINE_config_file(
     "config", DEFAULT_CONFIG, "Training config file (ml_collections).", lock_config=True
   )
@@ -67,11 +79,22 @@ def main(argv) -> None:
     config.get("model")
   except OSError as e:
     raise config_error(e) from None
-  if flags.FLAGS.distributed:
-    jax.distributed.initialize()
+  FLAGS = flags.FLAGS
+  if FLAGS.distributed:
+    jax.distributed.initialize(
+      coordinator_address=FLAGS.coordinator_address,
+      num_processes=FLAGS.num_processes,
+      process_id=FLAGS.process_id,
+    )
   try:
-    train_and_evaluate(config, flags.FLAGS.workdir)
-  except (ValueError, FileNotFoundError) as e:  # expected input errors: one line, exit 1
+    train_and_evaluate(config, FLAGS.workdir)
+  except Interrupted as e:  # Ctrl-C after saving: the shell's 128 + SIGINT
+    print(e, file=sys.stderr)
+    raise SystemExit(130) from None
+  except KeyboardInterrupt:  # the second Ctrl-C
+    print("Ctrl-C: stopped at once (the last checkpoint is intact)", file=sys.stderr)
+    raise SystemExit(130) from None
+  except (ValueError, FileNotFoundError, TrainerError) as e:  # expected: one line, exit 1
     logging.debug("error details", exc_info=True)
     raise SystemExit(f"error: {one_line(e)}") from None
 

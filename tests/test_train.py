@@ -11,6 +11,7 @@ import functools
 import inspect
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -77,6 +78,17 @@ flat = jax.tree_util.tree_flatten_with_path(
       "opt_state": state.opt_state}})[0]
 np.savez(out, **{{jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}})
 """
+
+
+# train.py under mock data, run with the checkout as the working directory.
+MOCK_CLI = f"""
+import runpy, sys
+import tensorflow_datasets as tfds
+sys.argv = ["train.py"] + sys.argv[1:]
+with tfds.testing.mock_data(num_examples={MOCK_EXAMPLES}):
+  runpy.run_path("train.py", run_name="__main__")
+"""
+TINY_FLAGS = [f"--config.{k}={v}" for k, v in TINY.items()]
 
 
 def tiny_config(**overrides):
@@ -289,7 +301,9 @@ def runs(tmp_path_factory):
   * ``kill``: SIGKILLed as soon as its first checkpoint is complete, then given a fake
     half-written later checkpoint and a cut metrics line (a kill during a checkpoint or a
     metrics write), then re-run to the end;
-  * ``term``: sent SIGTERM after its first checkpoint (saves and exits 0), then re-run.
+  * ``term``: sent SIGTERM after its first checkpoint (saves and exits 0), then re-run;
+  * ``int``: sent SIGINT (Ctrl-C) after its first checkpoint (saves and raises
+    `trainer.errors.Interrupted`), then re-run.
   """
   base = tmp_path_factory.mktemp("runs")
   env = subprocess_env(base / "jax_cache")
@@ -299,8 +313,12 @@ def runs(tmp_path_factory):
 
   def start(name, out):
     workdir = base / name
+    command = [sys.executable, str(script), str(workdir), overrides, str(base / out)]
+    if name == "int":  # through the command line, as a person presses Ctrl-C
+      command = [sys.executable, "-c", MOCK_CLI, f"--workdir={workdir}", *TINY_FLAGS]
     return subprocess.Popen(
-      [sys.executable, str(script), str(workdir), overrides, str(base / out)],
+      command,
+      cwd=ROOT,
       env=env,
       stdout=subprocess.PIPE,
       stderr=subprocess.PIPE,
@@ -313,8 +331,8 @@ def runs(tmp_path_factory):
   first["ref"] = {"rc": ref.returncode, "stdout": out, "stderr": err}
   assert ref.returncode == 0, err[-3000:]
 
-  procs = {"kill": start("kill", "kill_first.npz"), "term": start("term", "term_first.npz")}
-  signals = {"kill": signal.SIGKILL, "term": signal.SIGTERM}
+  procs = {name: start(name, f"{name}_first.npz") for name in ("kill", "term", "int")}
+  signals = {"kill": signal.SIGKILL, "term": signal.SIGTERM, "int": signal.SIGINT}
   sent = {}
   deadline = time.monotonic() + 240
   while any(p.poll() is None for p in procs.values()) and time.monotonic() < deadline:
@@ -339,7 +357,7 @@ def runs(tmp_path_factory):
   with open(kill_dir / "metrics.jsonl", "a") as f:
     f.write('{"step": 1000, "epoch": 2')
 
-  again = {"kill": start("kill", "kill.npz"), "term": start("term", "term.npz")}
+  again = {name: start(name, f"{name}.npz") for name in ("kill", "term", "int")}
   second = {}
   for name, p in again.items():
     out, err = p.communicate(timeout=240)
@@ -460,6 +478,35 @@ def single_step_run(tmp_path_factory):
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
     state = train_and_evaluate(tiny_config(**SINGLE_STEPS), str(workdir))
   return workdir, flat_state(state)
+
+
+def test_ctrl_c_saves_stops_and_resumes_identically(runs):
+  """train.py: the first Ctrl-C saves at the next step boundary and exits 130 with one line
+  saying how to resume; the re-run ends as the uninterrupted run."""
+  first, second = runs["first"]["int"], runs["second"]["int"]
+  assert first["rc"] == 130, first["stderr"][-3000:]
+  lines = [line for line in first["stderr"].splitlines() if line.startswith("Ctrl-C")]
+  assert lines[0].startswith("Ctrl-C: saving a checkpoint at the next step boundary")
+  match = re.fullmatch(
+    r"Ctrl-C: stopped at step (\d+) with a checkpoint in .*; re-run the same "
+    r"command to resume",
+    lines[-1],
+  )
+  assert match and "Traceback" not in first["stderr"], first["stderr"][-3000:]
+  stopped = int(match.group(1))
+  assert stopped < 12, "the run ended before SIGINT arrived"
+  assert stopped in finalized_steps(runs["base"] / "int")
+  assert f"Resumed from step {stopped}" in second["stdout"] and second["rc"] == 0
+  state = checkpoints.restore_checkpoint(
+    str(runs["base"] / "int"), initial_state(tiny_config(), 12)
+  )
+  ref = load_npz(runs["base"] / "ref.npz")
+  for key, value in flat_state(state[0]).items():
+    np.testing.assert_array_equal(value, ref[key], err_msg=key)
+  ref_rows, rows = read_metrics(runs["base"] / "ref"), read_metrics(runs["base"] / "int")
+  assert [{k: r[k] for k in DETERMINISTIC_FIELDS} for r in rows] == [
+    {k: r[k] for k in DETERMINISTIC_FIELDS} for r in ref_rows
+  ]
 
 
 def test_four_devices_match_one_device(single_step_run, tmp_path):

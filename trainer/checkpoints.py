@@ -1,25 +1,41 @@
-"""Checkpoints of the trainer: Orbax in ``WORKDIR/checkpoints/``, and SIGTERM as save-and-stop.
+"""Checkpoints of the trainer: Orbax in ``WORKDIR/checkpoints/``, verified by checksums, and
+SIGTERM / Ctrl-C as save-and-stop.
 
 A checkpoint holds the `TrainState` (step, params, batch_stats, opt_state) and the float64
 running sums of the train loss/accuracy since the last evaluation, so that the next metrics line
 after a resume is the same as without one. Writes are synchronous and atomic: a killed write
 leaves ``N.orbax-checkpoint-tmp-*``, which is ignored and cleaned up when the run restarts, and
 the previous step intact. Nothing is pickled.
+
+After Orbax commits step N, ``N/checksums.json`` records the SHA-256 of every file of the
+checkpoint. Before restoring, `latest_good_step` checks the newest checkpoint against it: one
+whose files were altered, lost or cut is set aside as ``N.damaged`` (kept, never deleted) with a
+one-line warning, and the next newest is tried. A checkpoint without checksums (written before
+they existed, or killed between the commit and the checksums) is restored as it is.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import signal
+import sys
 import threading
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from trainer.errors import CheckpointError, DivergedError
 from trainer.state import TrainState
 
 CHECKPOINT_DIR = "checkpoints"
+CHECKSUM_FILE = "checksums.json"
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(workdir, CHECKPOINT_DIR)
 
 
 def checkpoint_manager(workdir: str, keep: int, read_only: bool = False) -> ocp.CheckpointManager:
@@ -32,7 +48,80 @@ def checkpoint_manager(workdir: str, keep: int, read_only: bool = False) -> ocp.
     cleanup_tmp_directories=not read_only,
     read_only=read_only,
   )
-  return ocp.CheckpointManager(os.path.join(workdir, CHECKPOINT_DIR), options=options)
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+
+
+def _checksums(path: str) -> dict[str, str]:
+  sums = {}
+  for root, _, files in os.walk(path):
+    for name in files:
+      full = os.path.join(root, name)
+      rel = os.path.relpath(full, path)
+      if rel.startswith(CHECKSUM_FILE):  # the record itself, and its temporary file
+        continue
+      digest = hashlib.sha256()
+      with open(full, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+          digest.update(block)
+      sums[rel] = digest.hexdigest()
+  return dict(sorted(sums.items()))
+
+
+def _write_checksums(workdir: str, step: int) -> None:
+  path = os.path.join(checkpoint_dir(workdir), str(step))
+  sums = _checksums(path)
+  tmp = os.path.join(path, CHECKSUM_FILE + ".tmp")
+  with open(tmp, "w") as f:
+    json.dump(sums, f, indent=0)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, os.path.join(path, CHECKSUM_FILE))
+
+
+def verify(workdir: str, step: int) -> bool | None:
+  """Whether checkpoint ``step``'s files match its checksums (None: it has none)."""
+  path = os.path.join(checkpoint_dir(workdir), str(step))
+  try:
+    with open(os.path.join(path, CHECKSUM_FILE)) as f:
+      expected = json.load(f)
+  except FileNotFoundError:
+    return None
+  except (OSError, ValueError):
+    return False
+  return _checksums(path) == expected
+
+
+def saved_steps(workdir: str) -> list[int]:
+  """The committed checkpoint steps, oldest first."""
+  path = checkpoint_dir(workdir)
+  if not os.path.isdir(path):
+    return []
+  return sorted(int(d) for d in os.listdir(path) if d.isdigit())
+
+
+def latest_good_step(workdir: str, warn=print) -> int | None:
+  """The newest checkpoint whose files match their checksums (or that has none); damaged
+  newer ones are renamed ``N.damaged`` with a warning.
+
+  Raises:
+    CheckpointError: checkpoints exist but every one of them is damaged.
+  """
+  steps = saved_steps(workdir)
+  for step in reversed(steps):
+    if verify(workdir, step) is not False:
+      return step
+    path = os.path.join(checkpoint_dir(workdir), str(step))
+    os.replace(path, f"{path}.damaged")
+    warn(
+      f"warning: checkpoint {step} in {checkpoint_dir(workdir)} is damaged (its files do not "
+      f"match checksums.json); set aside as {step}.damaged, trying the previous one"
+    )
+  if steps:
+    raise CheckpointError(
+      f"all {len(steps)} checkpoints in {checkpoint_dir(workdir)} are damaged (set aside as "
+      "N.damaged); start in a new --workdir"
+    )
+  return None
 
 
 def _item(state: TrainState, train_sums: np.ndarray) -> dict:
@@ -47,32 +136,63 @@ def _item(state: TrainState, train_sums: np.ndarray) -> dict:
   }
 
 
-def save(mngr: ocp.CheckpointManager, state: TrainState, train_sums: np.ndarray) -> None:
-  """Writes the (host) `state` and `train_sums` as checkpoint ``state.step`` and waits for it."""
-  mngr.save(int(state.step), args=ocp.args.StandardSave(_item(state, train_sums)))
-  mngr.wait_until_finished()
+def save(
+  mngr: ocp.CheckpointManager, workdir: str, state: TrainState, train_sums: np.ndarray
+) -> None:
+  """Writes the (host) `state` and `train_sums` as checkpoint ``state.step``, waits for it and
+  records its checksums.
+
+  Raises:
+    DivergedError: the state holds NaN or inf (it is not written).
+    CheckpointError: the write failed (e.g. a full disk); earlier checkpoints are intact.
+  """
+  step = int(state.step)
+  bad = [
+    jax.tree_util.keystr(path)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(state)
+    if np.issubdtype(np.asarray(leaf).dtype, np.inexact) and not np.isfinite(leaf).all()
+  ]
+  if bad:
+    raise DivergedError(f"the state is not finite at step {step} (first: {bad[0]})")
+  try:
+    mngr.save(step, args=ocp.args.StandardSave(_item(state, train_sums)))
+    mngr.wait_until_finished()
+    if jax.process_index() == 0:
+      _write_checksums(workdir, step)
+  except OSError as e:
+    raise CheckpointError(
+      f"could not write checkpoint {step} in {checkpoint_dir(workdir)}: "
+      f"{e.strerror or e}; free space or fix permissions and re-run to resume from the last "
+      "good checkpoint"
+    ) from None
 
 
 def restore(
   mngr: ocp.CheckpointManager, step: int, like: TrainState
 ) -> tuple[TrainState, np.ndarray]:
-  """``(state, train_sums)`` of checkpoint `step`, with the tree structure of `like`."""
-  item = mngr.restore(step, args=ocp.args.StandardRestore(_item(like, np.zeros(3, np.float64))))
+  """``(state, train_sums)`` of checkpoint `step`, with the tree structure of `like`.
+
+  Raises:
+    CheckpointError: one line (never the arrays) when Orbax cannot restore it.
+  """
+  try:
+    item = mngr.restore(step, args=ocp.args.StandardRestore(_item(like, np.zeros(3, np.float64))))
+  except Exception as e:  # noqa: BLE001  (Orbax raises anything; its messages dump arrays)
+    first = " ".join(str(e).split())[:160]
+    raise CheckpointError(
+      f"cannot restore checkpoint {step} in {mngr.directory}: {type(e).__name__}: {first}; "
+      "start in a new --workdir"
+    ) from None
   saved = item["state"]
-  opt_state = _unflatten_like(like.opt_state, saved["opt_state"])
   state = like.replace(
     step=np.asarray(saved["step"]),
     params=saved["params"],
     batch_stats=saved["batch_stats"],
-    opt_state=opt_state,
+    opt_state=jax.tree.unflatten(
+      jax.tree.structure(like.opt_state), jax.tree.leaves(saved["opt_state"])
+    ),
   )
   return state, np.asarray(item["train_sums"], np.float64)
-
-
-def _unflatten_like(like, restored):
-  """``restored``'s leaves in the tree structure of ``like`` (Orbax gives optax's named tuples
-  back as plain containers)."""
-  return jax.tree.unflatten(jax.tree.structure(like), jax.tree.leaves(restored))
 
 
 def restore_checkpoint(workdir: str, like: TrainState, step: int | None = None):
@@ -89,23 +209,36 @@ def restore_checkpoint(workdir: str, like: TrainState, step: int | None = None):
     mngr.close()
 
 
-class Preemption:
-  """Turns SIGTERM into a flag that the training loop checks after every dispatch."""
+class StopRequest:
+  """Turns SIGTERM (preemption) and the first Ctrl-C (SIGINT) into a flag that the training
+  loop checks after every dispatch; a second Ctrl-C raises KeyboardInterrupt at once."""
 
   def __init__(self):
-    self.requested = False
-    self._previous = None
+    self.signal: str | None = None
+    self._previous = {}
+
+  @property
+  def requested(self) -> bool:
+    return self.signal is not None
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
     return self
 
   def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
+    if signum == signal.SIGINT and self.signal == "SIGINT":
+      raise KeyboardInterrupt
+    if signum == signal.SIGINT:
+      print(
+        "Ctrl-C: saving a checkpoint at the next step boundary (Ctrl-C again to stop at once)",
+        file=sys.stderr,
+        flush=True,
+      )
+    self.signal = signal.Signals(signum).name
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for sig, previous in self._previous.items():
+      signal.signal(sig, previous)
     return False

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from trainer import checkpoints, datasets, diagnostics
 from trainer import input_pipeline as ip
 from trainer import workdir as workdir_lib
+from trainer.errors import DivergedError, Interrupted
 from trainer.metrics import MetricsWriter
 from trainer.optimizers import Optimizer, create_optimizer
 from trainer.plan import RunPlan, local_devices, validate_config
@@ -29,14 +30,18 @@ from trainer.steps import Steps, make_steps
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains and evaluates as configured, writing metrics and checkpoints to `workdir`.
 
-  Resumes from the latest checkpoint in ``workdir/checkpoints`` if there is one.
+  Resumes from the newest good checkpoint in ``workdir/checkpoints`` if there is one, once the
+  config has been checked against the workdir's ``config.json``.
 
   Returns:
-    The final state, on the host (unreplicated NumPy arrays).
+    The final state, on the host (unreplicated NumPy arrays); after SIGTERM, the state saved.
 
   Raises:
-    ValueError: a bad config value (unknown name, indivisible batch size, ...).
+    ValueError: a bad config value, or one that changes the trajectory of the workdir's run.
     trainer.datasets.DatasetNotFoundError: the dataset is absent and cannot be downloaded.
+    trainer.errors.TrainerError: the workdir is in use or not writable, a checkpoint or metrics
+      line cannot be restored or written, or the training diverged (one-line messages).
+    trainer.errors.Interrupted: Ctrl-C; a checkpoint was saved at the step reached.
   """
   t_start = time.time()
   config = ml_collections.ConfigDict(config.to_dict())  # a private, unlocked copy
@@ -45,104 +50,132 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   host0 = jax.process_index() == 0
   validate_config(config, n_global)
   workdir = workdir_lib.prepare(workdir)
+  with workdir_lib.lock(workdir), checkpoints.StopRequest() as stop:
+    workdir_lib.check_config(workdir, config, max(checkpoints.saved_steps(workdir), default=0))
+    (train_images, train_labels), (eval_images, eval_labels) = load_data(config)
+    spec = datasets.DATASETS[config.dataset]
+    plan = RunPlan.create(config, len(train_images))
+    model = create_model(config, spec.num_classes)
+    optimizer = create_optimizer(config, plan.total_steps)
+    state = create_train_state(config, model, optimizer.tx, train_images.shape[1:])
+    saved = checkpoints.latest_good_step(workdir, warn=say)
+    mngr = checkpoints.checkpoint_manager(workdir, config.keep_checkpoints)
+    train_sums = np.zeros(3, np.float64)  # loss, accuracy, steps since the last evaluation
+    if saved is not None:
+      state, train_sums = checkpoints.restore(mngr, saved, state)
+      say(f"Resumed from step {saved}")
+    step = int(state.step)
+    if host0:
+      workdir_lib.write_config(workdir, config)
+      say(describe(config, plan, len(train_images), len(eval_images), n_global, workdir))
+    writer = MetricsWriter(workdir, enabled=host0, resumed_step=step)
+    train_metrics = TrainMetrics(train_sums, plan, optimizer, writer)
 
-  (train_images, train_labels), (eval_images, eval_labels) = load_data(config)
-  spec = datasets.DATASETS[config.dataset]
-  plan = RunPlan.create(config, len(train_images))
-  model = create_model(config, spec.num_classes)
-  optimizer = create_optimizer(config, plan.total_steps)
-  state = create_train_state(config, model, optimizer.tx, train_images.shape[1:])
-  train_sums = np.zeros(3, np.float64)  # loss, accuracy, steps since the last evaluation
-  mngr = checkpoints.checkpoint_manager(workdir, config.keep_checkpoints)
-  if (latest := mngr.latest_step()) is not None:
-    state, train_sums = checkpoints.restore(mngr, latest, state)
-    say(f"Resumed from step {latest}")
-  step = int(state.step)
-  if host0:
-    workdir_lib.write_config(workdir, config)
-    say(describe(config, plan, len(train_images), len(eval_images), n_global, workdir))
-  writer = MetricsWriter(workdir, enabled=host0, resumed_step=step)
-  train_metrics = TrainMetrics(train_sums, plan, optimizer, writer)
-
-  dtype = DTYPES[config.dtype]
-  steps = make_steps(
-    model,
-    optimizer.tx,
-    spec,
-    seed=config.seed,
-    dtype=dtype,
-    augment=config.augment,
-    devices=devices,
-  )
-  train_data = ip.replicate((train_images, train_labels), devices)
-  eval_data = ip.eval_batches(eval_images, eval_labels, plan.eval_batch_size, devices)
-  measure = None
-  if plan.diagnostics_every:
-    measure = diagnostics.Measure(
-      config, model, optimizer.grad_transform, spec, dtype, devices, state, train_images.shape[1:]
+    dtype = DTYPES[config.dtype]
+    steps = make_steps(
+      model,
+      optimizer.tx,
+      spec,
+      seed=config.seed,
+      dtype=dtype,
+      augment=config.augment,
+      devices=devices,
     )
-  r_state = ip.replicate(state, devices)
-  watch, compiled = Stopwatch(), set()
-  pbar = tqdm(
-    total=plan.total_steps,
-    initial=step,
-    unit="step",
-    dynamic_ncols=True,
-    disable=None if host0 else True,
-    file=sys.stderr,
-  )
-  with checkpoints.Preemption() as preemption:
-    while step < plan.total_steps and not preemption.requested:
-      if measure is not None and plan.measures_before(step):
-        with watch.paused(r_state):
-          row = measure(r_state, train_data, step, plan.steps_per_epoch)
-          writer.write(row, diagnostics.scalars(row))
-      n = plan.dispatch_size(step)
-      idx = ip.dispatch_indices(
-        config.seed, step, n, len(train_images), config.batch_size, len(devices)
+    train_data = ip.replicate((train_images, train_labels), devices)
+    eval_data = ip.eval_batches(eval_images, eval_labels, plan.eval_batch_size, devices)
+    measure = None
+    if plan.diagnostics_every:
+      measure = diagnostics.Measure(
+        config, model, optimizer.grad_transform, spec, dtype, devices, state, train_images.shape[1:]
       )
-      first = n not in compiled  # the first dispatch of each size compiles: not training time
-      if first:
-        watch.stop(r_state)
-      r_state, metrics = steps.train(r_state, *train_data, ip.shard(idx, devices))
-      if first:
-        jax.block_until_ready(metrics)
-        compiled.add(n)
-        watch.start()
-      else:
-        watch.count(n * config.batch_size)
-      train_metrics.add(step, metrics)
-      step += n
-      pbar.update(n)
-      if any(plan.logs_after(s) for s in range(step - n + 1, step + 1)):
-        pbar.set_postfix(loss=train_metrics.flush())
-      if plan.evaluates_after(step):
-        with watch.paused(r_state):
-          row = evaluation_row(steps, r_state, eval_data, train_metrics, step, plan, optimizer)
-          row["images_per_second"] = watch.rate()
-          writer.write(
-            row,
-            {
-              "eval/loss": row["eval_loss"],
-              "eval/accuracy": row["eval_accuracy"],
-              "perf/images_per_second": row["images_per_second"] or 0.0,
-            },
-          )
-          say(progress_line(row, plan))
-      if plan.checkpoints_after(step) or preemption.requested:
-        with watch.paused(r_state):
-          train_metrics.flush()
-          checkpoints.save(mngr, ip.unreplicate(r_state), train_metrics.sums)
-  pbar.close()
-  mngr.close()
-  writer.close()
-  if host0 and step < plan.total_steps:
-    say(
-      f"SIGTERM: stopped at step {step} (checkpoint at step {step}); re-run the command to resume"
+    r_state = ip.replicate(state, devices)
+    watch, compiled = Stopwatch(), set()
+    pbar = tqdm(
+      total=plan.total_steps,
+      initial=step,
+      unit="step",
+      dynamic_ncols=True,
+      disable=None if host0 else True,
+      file=sys.stderr,
     )
-  elif host0:
-    say(f"Done at step {step} in {time.time() - t_start:.0f} s; outputs in {workdir}")
-  return ip.unreplicate(r_state)
+    try:
+      while step < plan.total_steps and not stop.requested:
+        if measure is not None and plan.measures_before(step):
+          with watch.paused(r_state):
+            row = measure(r_state, train_data, step, plan.steps_per_epoch)
+            writer.write(row, diagnostics.scalars(row))
+        n = plan.dispatch_size(step)
+        idx = ip.dispatch_indices(
+          config.seed, step, n, len(train_images), config.batch_size, len(devices)
+        )
+        first = n not in compiled  # the first dispatch of each size compiles: not training time
+        if first:
+          watch.stop(r_state)
+        r_state, metrics = steps.train(r_state, *train_data, ip.shard(idx, devices))
+        if first:
+          jax.block_until_ready(metrics)
+          compiled.add(n)
+          watch.start()
+        else:
+          watch.count(n * config.batch_size)
+        train_metrics.add(step, metrics)
+        step += n
+        pbar.update(n)
+        if any(plan.logs_after(s) for s in range(step - n + 1, step + 1)):
+          pbar.set_postfix(loss=train_metrics.flush())
+        if plan.evaluates_after(step):
+          with watch.paused(r_state):
+            row = evaluation_row(steps, r_state, eval_data, train_metrics, step, plan, optimizer)
+            row["images_per_second"] = watch.rate()
+            writer.write(row, eval_scalars(row))
+            say(progress_line(row, plan))
+        if plan.checkpoints_after(step) or stop.requested:
+          with watch.paused(r_state):
+            train_metrics.flush()
+            checkpoints.save(mngr, workdir, ip.unreplicate(r_state), train_metrics.sums)
+            saved = step
+    except DivergedError as e:  # nothing non-finite was saved
+      raise DivergedError(f"training diverged: {e}; {last_good(saved, workdir)}") from None
+    finally:
+      pbar.close()
+      mngr.close()
+      writer.close()
+  return finish(stop.signal, step, plan, workdir, time.time() - t_start, ip.unreplicate(r_state))
+
+
+def last_good(saved: int | None, workdir: str) -> str:
+  if saved is None:
+    return f"no checkpoint was written in {workdir}; lower --config.learning_rate and start again"
+  return (
+    f"the last good checkpoint is step {saved} in {checkpoints.checkpoint_dir(workdir)}; lower "
+    "--config.learning_rate in a new --workdir, or delete the workdir to start again"
+  )
+
+
+def finish(signal_name, step: int, plan: RunPlan, workdir: str, seconds: float, state):
+  """The last console line; Ctrl-C raises `Interrupted` once the checkpoint is saved."""
+  if signal_name == "SIGINT":
+    raise Interrupted(
+      f"Ctrl-C: stopped at step {step} with a checkpoint in {workdir}; re-run the "
+      "same command to resume"
+    )
+  if jax.process_index() == 0:
+    if step < plan.total_steps:
+      say(
+        f"{signal_name}: stopped at step {step} (checkpoint at step {step}); re-run the "
+        "command to resume"
+      )
+    else:
+      say(f"Done at step {step} in {seconds:.0f} s; outputs in {workdir}")
+  return state
+
+
+def eval_scalars(row: dict) -> dict[str, float]:
+  return {
+    "eval/loss": row["eval_loss"],
+    "eval/accuracy": row["eval_accuracy"],
+    "perf/images_per_second": row["images_per_second"] or 0.0,
+  }
 
 
 def load_data(config: ml_collections.ConfigDict):
@@ -183,6 +216,8 @@ class TrainMetrics:
         self.sums += row
         self._log_sums += row
         step = first_step + k + 1
+        if not np.isfinite(loss):
+          raise DivergedError(f"the training loss is {loss} at step {step}")
         if self._plan.logs_after(step):
           loss, accuracy, count = self._log_sums
           self._writer.scalars(

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from tensorboardX import SummaryWriter
 
+from trainer.errors import TrainerError
+
 METRICS_FILE = "metrics.jsonl"
 EVAL = "eval"
 DIAGNOSTICS = "diagnostics"
@@ -113,9 +115,20 @@ class MetricsWriter:
         self._tb.add_scalar(tag, value, step)
 
   def write(self, row: dict, values: dict[str, float]) -> None:
-    """One metrics.jsonl line and its TensorBoard scalars, flushed."""
+    """One metrics.jsonl line and its TensorBoard scalars, flushed.
+
+    Raises:
+      TrainerError: the line could not be written (e.g. a full disk); the lines before it and
+        the checkpoints are intact, and a re-run writes it again.
+    """
     if self.enabled:
-      append_record(self.path, row)
+      try:
+        append_record(self.path, row)
+      except OSError as e:
+        raise TrainerError(
+          f"could not write {self.path}: {e.strerror or e}; free space or fix permissions and "
+          "re-run to resume from the last checkpoint"
+        ) from None
       self.scalars(row["step"], values)
       self._tb.flush()
 

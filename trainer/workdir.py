@@ -1,19 +1,151 @@
-"""The run's workdir: created, and ``config.json`` written (host 0) as the record of the run."""
+"""The run's workdir: owned by one run at a time, and holding the record of its config.
+
+* `lock`: an OS lock (`fcntl.flock`) on ``WORKDIR/.lock``, held while the run lives and released
+  by the kernel when the process ends, however it ends (a SIGKILLed run never blocks the next);
+  a second run on the same workdir stops at once naming the running process.
+* `check_config`: before anything is restored or written, the config is compared with the
+  workdir's ``config.json``. A change to a field that can alter the trajectory stops the run
+  (`ConfigChangedError`, one line naming each field with its old and new value); changes that
+  cannot (evaluation, logging and checkpoint cadence, ``keep_checkpoints``, ``data_dir``,
+  diagnostics, devices and steps per dispatch) are allowed and recorded in
+  ``config_changes.jsonl``, and ``config.json`` then holds the current values.
+"""
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import json
 import os
 
+import jax
 import ml_collections
 
+from trainer.errors import WorkdirError
+from trainer.metrics import append_record
+
 CONFIG_FILE = "config.json"
+CONFIG_CHANGES_FILE = "config_changes.jsonl"
+LOCK_FILE = ".lock"
+# Fields whose change cannot alter the parameters a run ends with: how often it evaluates, logs,
+# checkpoints and measures, what and how it evaluates, where the data lives, and how the same
+# steps are spread over devices and dispatches (equal up to rounding).
+RESUMABLE_CHANGES = frozenset(
+  {
+    "eval_every_steps",
+    "log_every_steps",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+    "data_dir",
+    "diagnostics_every_steps",
+    "eval_split",
+    "eval_batch_size",
+    "num_devices",
+    "steps_per_dispatch",
+  }
+)
+
+
+class ConfigChangedError(ValueError):
+  """A trajectory-relevant field differs from the workdir's config.json."""
 
 
 def prepare(workdir: str) -> str:
-  """The absolute workdir, created if needed."""
+  """The absolute workdir, created if needed; a one-line `WorkdirError` if it cannot be."""
   workdir = os.path.abspath(os.path.expanduser(workdir))
-  os.makedirs(workdir, exist_ok=True)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise WorkdirError(
+      f"cannot create --workdir={workdir}: {e.strerror}; choose a writable directory"
+    ) from None
+  if not os.access(workdir, os.W_OK):
+    raise WorkdirError(f"--workdir={workdir} is not writable; choose a writable directory")
   return workdir
+
+
+def lock(workdir: str):
+  """Takes the workdir's lock for the life of this process (returns the open lock file).
+
+  Raises:
+    WorkdirError: another live process holds it; the message names its pid and command.
+  """
+  name = LOCK_FILE if jax.process_index() == 0 else f"{LOCK_FILE}.{jax.process_index()}"
+  f = open(os.path.join(workdir, name), "a+")  # noqa: SIM115  (held open until exit)
+  try:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError as e:
+    if e.errno not in (errno.EAGAIN, errno.EACCES):
+      raise
+    f.seek(0)
+    holder = f.read().strip() or "another process"
+    f.close()
+    raise WorkdirError(
+      f"--workdir={workdir} is in use by {holder}; wait for it or choose another --workdir"
+    ) from None
+  f.seek(0)
+  f.truncate()
+  f.write(f"pid {os.getpid()} ({_command()})")
+  f.flush()
+  return f
+
+
+def _command() -> str:
+  try:
+    with open(f"/proc/{os.getpid()}/cmdline", "rb") as f:
+      return " ".join(f.read().decode(errors="replace").split("\0")).strip()[:120]
+  except OSError:
+    return "python"
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+  out = {}
+  for key, value in config.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def changed_fields(old: dict, new: dict) -> dict[str, tuple]:
+  """``{field: (old, new)}`` for the (dotted) fields whose values differ; a field only one side
+  has counts as changed from/to None, except new fields at their default (None)."""
+  old, new = _flat(old), _flat(new)
+  return {
+    k: (old.get(k), new.get(k))
+    for k in sorted(set(old) | set(new))
+    if old.get(k) != new.get(k) and not (k not in old and new.get(k) is None)
+  }
+
+
+def check_config(workdir: str, config: ml_collections.ConfigDict, step: int) -> None:
+  """Compares ``config`` with the workdir's config.json (if any) before a resume.
+
+  Raises:
+    ConfigChangedError: a trajectory-relevant field changed: one line of at most 300
+      characters naming each field with its old and new value, and the fix.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    old = json.load(f)
+  changes = changed_fields(old, json.loads(config.to_json()))
+  refused = {k: v for k, v in changes.items() if k.split(".")[0] not in RESUMABLE_CHANGES}
+  if refused:
+    listed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in refused.items())
+    fix = "; start it in a new --workdir (or restore config.json's values)"
+    head = f"{workdir} holds a run with other settings: "
+    room = 300 - len(head) - len(fix)
+    if len(listed) > room:
+      listed = listed[: room - 5].rsplit(", ", 1)[0] + ", ..."
+    raise ConfigChangedError(head + listed + fix)
+  if changes:
+    append_record(
+      os.path.join(workdir, CONFIG_CHANGES_FILE),
+      {"step": step, "changed": {k: list(v) for k, v in changes.items()}},
+    )
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:

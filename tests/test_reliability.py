@@ -1,0 +1,266 @@
+"""The trainer under faults, interruptions and bad input: every case ends with a clear answer and
+nothing already written is lost or corrupted (the README's Reliability table lists them).
+
+Runs are tiny (ResNet-20 at widths 4/8/16, one device, `tfds.testing.mock_data`); each test
+works on a copy of one finished reference run.
+"""
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import tensorflow_datasets as tfds
+
+from configs import default
+from trainer import checkpoints, metrics, optimizers, state
+from trainer import workdir as workdir_lib
+from trainer.errors import CheckpointError, DivergedError, TrainerError, WorkdirError
+from trainer.loop import train_and_evaluate
+from trainer.metrics import read_metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = dict(
+  model_widths=(4, 8, 16),
+  batch_size=16,
+  eval_batch_size=16,
+  num_train_steps=8,
+  eval_every_steps=4,
+  checkpoint_every_steps=2,
+  keep_checkpoints=3,
+  num_devices=1,
+)
+
+
+def config(**overrides):
+  c = default.get_config()
+  c.update({**SMALL, **overrides})
+  return c
+
+
+def run(workdir, **overrides):
+  with tfds.testing.mock_data(num_examples=64):
+    return train_and_evaluate(config(**overrides), str(workdir))
+
+
+def leaves(state) -> list[np.ndarray]:
+  return [np.asarray(x) for x in jax.tree.leaves(state)]
+
+
+def tree_digest(path) -> dict[str, str]:
+  out = {}
+  for root, _, files in os.walk(path):
+    for name in files:
+      full = os.path.join(root, name)
+      with open(full, "rb") as f:
+        out[os.path.relpath(full, path)] = hashlib.sha256(f.read()).hexdigest()
+  return out
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """A finished run: checkpoints 4, 6 and 8, evaluations at 4 and 8."""
+  workdir = tmp_path_factory.mktemp("reference") / "work"
+  return workdir, leaves(run(workdir))
+
+
+@pytest.fixture
+def copy(reference, tmp_path):
+  workdir = tmp_path / "work"
+  shutil.copytree(reference[0], workdir)
+  return workdir
+
+
+def assert_same_final(state, reference):
+  for got, want in zip(leaves(state), reference[1], strict=True):
+    np.testing.assert_array_equal(got, want)
+
+
+# ---------------------------------------------------------------------------------------------
+# A changed config on resume
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+  "overrides, named",
+  [
+    ({"learning_rate": 2e-3}, "learning_rate 0.001 -> 0.002"),
+    ({"model": "resnet56"}, "model 'resnet20' -> 'resnet56'"),
+    ({"optimizer": "sgd", "seed": 3}, "optimizer 'adam' -> 'sgd', seed 0 -> 3"),
+    ({"grad_transform": "centralize"}, "grad_transform 'znorm' -> 'centralize'"),
+  ],
+)
+def test_a_trajectory_change_stops_before_touching_the_workdir(copy, overrides, named):
+  before = tree_digest(copy)
+  with pytest.raises(ValueError) as info:
+    run(copy, **overrides)
+  message = str(info.value)
+  assert named in message and "new --workdir" in message, message
+  assert "\n" not in message and len(message) <= 300, message
+  assert tree_digest(copy) == before
+
+
+def test_a_change_of_cadence_is_allowed_and_recorded(copy, reference):
+  state = run(copy, eval_every_steps=2, num_train_steps=8)
+  assert_same_final(state, reference)
+  record = metrics.read_records(copy / workdir_lib.CONFIG_CHANGES_FILE)
+  assert record == [{"step": 8, "changed": {"eval_every_steps": [4, 2]}}]
+  assert json.loads((copy / "config.json").read_text())["eval_every_steps"] == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged checkpoints
+# ---------------------------------------------------------------------------------------------
+
+
+def damage(workdir, step):
+  """Alters one byte of the largest file of checkpoint ``step``."""
+  files = [
+    os.path.join(root, f)
+    for root, _, names in os.walk(workdir / "checkpoints" / str(step))
+    for f in names
+    if f != checkpoints.CHECKSUM_FILE
+  ]
+  target = max(files, key=os.path.getsize)
+  with open(target, "r+b") as f:
+    f.seek(os.path.getsize(target) // 2)
+    byte = f.read(1)
+    f.seek(-1, os.SEEK_CUR)
+    f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_every_checkpoint_has_checksums_that_verify(reference):
+  for step in checkpoints.saved_steps(str(reference[0])):
+    assert checkpoints.verify(str(reference[0]), step) is True
+
+
+def test_a_damaged_latest_checkpoint_is_skipped_and_the_run_ends_the_same(copy, reference, capsys):
+  damage(copy, 8)
+  state = run(copy)
+  out = capsys.readouterr().out
+  assert "checkpoint 8" in out and "damaged" in out and "Resumed from step 6" in out
+  assert (copy / "checkpoints" / "8.damaged").is_dir()  # kept, not deleted
+  assert_same_final(state, reference)
+  assert [r["step"] for r in read_metrics(copy)] == [4, 8]  # one line per evaluation
+
+
+def test_all_checkpoints_damaged_is_an_error_not_a_fresh_start(copy):
+  for step in checkpoints.saved_steps(str(copy)):
+    damage(copy, step)
+  with pytest.raises(CheckpointError, match="all 3 checkpoints .* are damaged"):
+    run(copy)
+
+
+# ---------------------------------------------------------------------------------------------
+# Divergence
+# ---------------------------------------------------------------------------------------------
+
+
+def test_divergence_stops_with_the_step_and_saves_nothing_non_finite(tmp_path):
+  overrides = dict(
+    optimizer="sgd",
+    momentum=0.0,
+    learning_rate=1e30,
+    grad_transform="none",
+    warmup_fraction=0.0,
+    schedule="constant",
+    log_every_steps=1,
+  )
+  pattern = r"training diverged: .* at step \d+.*; (no checkpoint|the last good)"
+  with pytest.raises(DivergedError, match=pattern) as info:
+    run(tmp_path, **overrides)
+  assert "\n" not in str(info.value)
+  like = run_state_like(overrides)
+  for step in checkpoints.saved_steps(str(tmp_path)):
+    state, _ = checkpoints.restore_checkpoint(str(tmp_path), like, step)
+    assert all(np.isfinite(x).all() for x in leaves(state) if x.dtype.kind == "f")
+
+
+def run_state_like(overrides):
+  c = config(**overrides)
+  model = state.create_model(c, 10)
+  return state.create_train_state(c, model, optimizers.create_optimizer(c, 8).tx, (32, 32, 3))
+
+
+# ---------------------------------------------------------------------------------------------
+# One run per workdir
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_workdir_in_use_is_refused_naming_the_process(tmp_path):
+  held = workdir_lib.lock(str(tmp_path))
+  try:
+    with pytest.raises(WorkdirError, match=f"in use by pid {os.getpid()}"):
+      run(tmp_path)
+  finally:
+    held.close()
+
+
+def test_the_lock_of_a_killed_run_does_not_block(tmp_path):
+  holder = subprocess.Popen(
+    [
+      sys.executable,
+      "-c",
+      "import sys, time\nfrom trainer import workdir\n"
+      f"f = workdir.lock({str(tmp_path)!r})\nprint('locked', flush=True)\ntime.sleep(60)",
+    ],
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    text=True,
+  )
+  assert holder.stdout.readline().strip() == "locked"
+  with pytest.raises(WorkdirError, match=f"pid {holder.pid}"):
+    workdir_lib.lock(str(tmp_path))
+  holder.send_signal(signal.SIGKILL)
+  holder.wait()
+  workdir_lib.lock(str(tmp_path)).close()  # the kernel released it
+
+
+# ---------------------------------------------------------------------------------------------
+# Unwritable workdir, full disk
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_workdir_that_cannot_be_created_is_one_line(tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  with pytest.raises(WorkdirError, match="cannot create --workdir=.*a_file/work"):
+    run(blocker / "work")
+
+
+def test_a_full_disk_during_a_checkpoint_keeps_the_last_good_one(tmp_path, reference, monkeypatch):
+  original = ocp.CheckpointManager.save
+
+  def save(self, step, *args, **kwargs):
+    if step == 6:
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return original(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+  with pytest.raises(CheckpointError, match="could not write checkpoint 6 .*No space left"):
+    run(tmp_path)
+  monkeypatch.setattr(ocp.CheckpointManager, "save", original)
+  assert checkpoints.saved_steps(str(tmp_path)) == [2, 4]
+  assert checkpoints.verify(str(tmp_path), 4) is True
+  assert_same_final(run(tmp_path), reference)  # resumes from 4
+
+
+def test_a_full_disk_during_a_metrics_write_is_one_line(tmp_path, reference, monkeypatch):
+  def append(path, record):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+  monkeypatch.setattr(metrics, "append_record", append)
+  with pytest.raises(TrainerError, match="could not write .*metrics.jsonl: No space left"):
+    run(tmp_path)
+  monkeypatch.undo()
+  assert checkpoints.saved_steps(str(tmp_path)) == [2]  # step 4 evaluates, then saves
+  assert_same_final(run(tmp_path), reference)
+  assert [r["step"] for r in read_metrics(tmp_path)] == [4, 8]
