@@ -116,6 +116,15 @@ def test_a_change_of_cadence_is_allowed_and_recorded(copy, reference):
   assert json.loads((copy / "config.json").read_text())["eval_every_steps"] == 2
 
 
+def test_any_other_restore_failure_is_one_short_line(copy):
+  """Without config.json nothing can be compared: a checkpoint of another model then fails in
+  Orbax, whose message holds whole arrays; the trainer says one short line instead."""
+  (copy / "config.json").unlink()
+  with pytest.raises(CheckpointError, match="cannot restore checkpoint 8 in ") as info:
+    run(copy, model_widths=(8, 16, 32))
+  assert "\n" not in str(info.value) and len(str(info.value)) < 400, str(info.value)
+
+
 # ---------------------------------------------------------------------------------------------
 # Damaged checkpoints
 # ---------------------------------------------------------------------------------------------
