@@ -127,7 +127,7 @@ class Sizes:
 
 SMOKE = Sizes(
   batches=(16, 32),
-  dispatch=(1, 2),
+  dispatch=(1, 1),  # K > 1 unrolls on CPU: twice the compile time, no new code path here
   model_widths=(4, 8, 16),
   train_split="train[:256]",
   eval_split="test[:64]",
@@ -136,12 +136,12 @@ SMOKE = Sizes(
   matmul_size=256,
   overhead_model="resnet20",
   vit=dict(VIT_TINY),
-  overhead_groups=(0, 3),
+  overhead_groups=(0, 2),  # the small tree only: a ResNet's ~65 leaves compile for ~20 s
   study_batch=16,
   study_k=1,
   study_epochs=(2, 2),
   study_runs=(("adam", 0), ("znorm", 1)),
-  max_throughput=4,
+  max_throughput=3,
   compile_guess_s=6.0,
 )
 
@@ -262,6 +262,7 @@ class Summary:
     self.out_dir.mkdir(parents=True, exist_ok=True)
     self.data = {"header": header, "status": "running", "sections": {}, "skipped": []}
     self.data["errors"] = []
+    self.data["timeline"] = []  # every part: section, part, seconds, outcome
     self.current: tuple[str, str] | None = None
     self.closed = False
     self._lock = threading.RLock()
@@ -312,6 +313,11 @@ class Summary:
       self.data["errors"].append({"section": section, "part": part, "error": message})
       self.current = None
       self.flush()
+
+  def log(self, section: str, part: str, seconds: float, outcome: str) -> None:
+    with self._lock:
+      row = {"section": section, "part": part, "seconds": round(seconds, 2), "outcome": outcome}
+      self.data["timeline"].append(row)
 
   def finish(self, status: str) -> None:
     with self._lock:
@@ -428,6 +434,11 @@ def render_markdown(data: dict) -> str:
   lines += table(data["skipped"], [("section", "section"), ("part", "part"), ("why", "reason")])
   lines += ["## Errors", ""]
   lines += table(data["errors"], [("section", "section"), ("part", "part"), ("error", "error")])
+  lines += ["## Where the time went", ""]
+  lines += table(
+    data["timeline"],
+    [("section", "section"), ("part", "part"), ("seconds", "seconds"), ("outcome", "outcome")],
+  )
   return "\n".join(lines)
 
 
@@ -762,7 +773,7 @@ def throughput_plan(sizes: Sizes, default_unroll: bool) -> list[Combo]:
   rest = [c("bare", *g, k8) for g in grid] + [c("bare", *g, k1) for g in grid]
   rest += [c("bare", *g, k8, alt) for g in grid]
   rest += [c("loop", *g, k) for k in (k8, k1) for g in grid]
-  return first + [r for r in rest if r not in first]
+  return list(dict.fromkeys(first + rest))  # in order, once each
 
 
 def throughput_config(ctx: Context, combo: Combo, grad_transform: str = "znorm"):
@@ -781,17 +792,15 @@ def throughput_config(ctx: Context, combo: Combo, grad_transform: str = "znorm")
   return config
 
 
-def flops_per_step(ctx: Context, combo: Combo, fns, state, data, devices) -> float | None:
-  """XLA's FLOPs of one step on all devices, from the one-step program's cost analysis (a
-  lax.scan's body is counted once whatever K, so K-step programs cannot be divided by K)."""
+def flops_per_step(ctx: Context, combo: Combo, one_step, devices) -> float | None:
+  """XLA's FLOPs of one step on all devices, from the cost analysis of a one-step program
+  (``one_step()``: a compiled or lowered one; a lax.scan's body counts once whatever K, so a
+  K-step program cannot simply be divided by K)."""
   key = (combo.model, combo.batch, combo.dtype)
   if key not in ctx.est.flops:
-    idx = ip.shard(
-      ip.dispatch_indices(0, 0, 1, data[1].shape[1], combo.batch, len(devices)), devices
-    )
     ctx.est.flops[key] = None
     with contextlib.suppress(Exception):  # a backend without cost analysis
-      cost = fns.train.lower(state, *data, idx).cost_analysis()
+      cost = one_step().cost_analysis()
       cost = cost[0] if isinstance(cost, list) else cost
       ctx.est.flops[key] = float(cost["flops"]) * len(devices)
   return ctx.est.flops[key]
@@ -823,10 +832,14 @@ def build_step(ctx: Context, combo: Combo, grad_transform: str = "znorm"):
     ip.shard(ip.dispatch_indices(0, i * k, k, n, combo.batch, len(devices)), devices)
     for i in range(4)
   ]
-  flops = flops_per_step(ctx, combo, fns, state, data, devices)
   start = time.perf_counter()
   compiled = fns.train.lower(state, *data, indices[0]).compile()
   compile_s = time.perf_counter() - start
+  if k == 1:
+    flops = flops_per_step(ctx, combo, lambda: compiled, devices)
+  else:
+    idx = ip.shard(ip.dispatch_indices(0, 0, 1, n, combo.batch, len(devices)), devices)
+    flops = flops_per_step(ctx, combo, lambda: fns.train.lower(state, *data, idx), devices)
   ctx.est.note_init(combo.model, init_s)
   ctx.est.note_compile(combo.model, k, combo.unroll, compile_s)
   holder = {"state": state, "i": 0}
@@ -1030,11 +1043,12 @@ def vit_shapes(width: int, depth: int, mlp: int, patch: int, tokens: int, classe
 
 
 def random_tree(shapes: dict, seed: int = 0) -> dict:
-  """Normal(0, 0.02) float32 leaves of ``shapes``, drawn on the default device."""
-  keys = jax.random.split(jax.random.key(seed), len(shapes))
+  """Normal(0, 0.02) float32 leaves of ``shapes``, drawn on the host (no per-shape compiles)
+  and placed on the default device."""
+  rng = np.random.default_rng(seed)
   return {
-    name: 0.02 * jax.random.normal(key, shape, jnp.float32)
-    for key, (name, shape) in zip(keys, shapes.items(), strict=True)
+    name: jnp.asarray(0.02 * rng.standard_normal(shape, dtype=np.float32))
+    for name, shape in shapes.items()
   }
 
 
@@ -1062,7 +1076,7 @@ def measure_update(ctx: Context, tree_name: str, params: dict, dtype: str, slot_
     compile_s = max(compile_s, middle - start)
     call_s += time.perf_counter() - middle
   ctx.est.update_compile_s = max(compile_s, ctx.est.update_compile_s or 0.0)
-  timing_s = 0.8 * max(slot_s - (time.perf_counter() - start), 0.0)
+  timing_s = min(0.8 * max(slot_s - (time.perf_counter() - start), 0.0), 10 * ctx.sizes.window_s)
   iters = max(1, min(20, int(timing_s / (5 * call_s))))  # 20 x 15: transform_overhead's own
   rounds = int(min(15, max(3, timing_s / (iters * call_s))))
   medians = transform_overhead.time_rounds(candidates, rounds, iters)
@@ -1093,7 +1107,7 @@ def run_overhead(ctx: Context, box: Box) -> None:
   for i, (tree_name, dtype) in enumerate(groups):
     part = f"update {tree_name} {dtype}"
     if i not in ctx.sizes.overhead_groups:
-      ctx.summary.skip("overhead", part, "smoke: two of the four groups")
+      ctx.summary.skip("overhead", part, "smoke: the small tree only")
       continue
     compile_s = ctx.est.update_compile_s or 0.1 * ctx.est.guess
     need = len(OVERHEAD_VARIANTS) * compile_s * 1.5 + 1.0
@@ -1248,11 +1262,15 @@ class Context:
     so one failure does not end the run."""
     self.summary.begin(section, part)
     print(f"accelerator_suite: {section}: {part} ...", flush=True)
+    start, outcome = time.perf_counter(), "done"
     try:
       yield
     except Exception as e:  # noqa: BLE001
+      outcome = "error"
       self.summary.error(section, part, e)
       print(f"accelerator_suite: {section}: {part} FAILED: {e}", file=sys.stderr, flush=True)
+    finally:
+      self.summary.log(section, part, time.perf_counter() - start, outcome)
 
 
 @contextlib.contextmanager
