@@ -524,7 +524,8 @@ def _md_overhead(s: dict) -> list[str]:
     row["znorm_x_floor"] = r.get("znorm_x_floor")
     rows.append(row)
   columns = [("tree", "tree"), ("params", "params"), ("leaves", "leaves"), ("dtype", "dtype")]
-  columns += [("adam ms", "adam_ms")] + [(f"{v} (x adam)", f"x_{v}") for v in OVERHEAD_VARIANTS]
+  columns += [("adam ms", "adam_ms")]
+  columns += [(f"{v} (x adam)", f"x_{v}") for v in OVERHEAD_VARIANTS if v != "adam"]
   return table(rows, columns + [("znorm+adam / floor", "znorm_x_floor")])
 
 
