@@ -1008,7 +1008,7 @@ def run_study(ctx: Context, box: Box) -> None:
   runs, epochs = chosen
   description = (
     f"{len(runs)} runs x {epochs} epochs of {sizes.train_split} ({n_train} images), batch "
-    f"{sizes.study_batch}, {k} steps per dispatch, evaluated on {sizes.eval_split} ({n_eval}); "
+    f"{sizes.study_batch}, K={k} steps per dispatch, evaluated on {sizes.eval_split} ({n_eval}); "
     f"estimated {overhead:.0f} s per run + {epoch_s:.1f} s per epoch from {basis['kind']} "
     f"{basis['model']} b{basis['batch']} K={basis['k']}"
   )
