@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -273,3 +274,103 @@ def test_a_full_disk_during_a_metrics_write_is_one_line(tmp_path, reference, mon
   assert checkpoints.saved_steps(str(tmp_path)) == [2]  # step 4 evaluates, then saves
   assert_same_final(run(tmp_path), reference)
   assert [r["step"] for r in read_metrics(tmp_path)] == [4, 8]
+
+
+# ---------------------------------------------------------------------------------------------
+# SIGKILL at many moments
+# ---------------------------------------------------------------------------------------------
+
+RUN_SMALL = f"""
+import sys
+import tensorflow_datasets as tfds
+from configs import default
+from trainer.loop import train_and_evaluate
+config = default.get_config()
+config.update({SMALL!r})
+with tfds.testing.mock_data(num_examples=64):
+  train_and_evaluate(config, sys.argv[1])
+"""
+
+
+def _tmp_checkpoint(workdir):
+  path = workdir / "checkpoints"
+  return path.is_dir() and any("tmp" in d for d in os.listdir(path))
+
+
+def _metrics_grew(workdir, size=[0]):  # noqa: B006  (remembers the last size seen)
+  path = workdir / metrics.METRICS_FILE
+  grew = path.exists() and path.stat().st_size > size[0]
+  if grew:
+    size[0] = path.stat().st_size
+  return grew
+
+
+# (what the kill waits for, seconds after the start): a timer alone, or an event first.
+MOMENTS = [
+  ("start", 0.5),  # importing
+  ("start", 2.0),  # loading data, compiling
+  ("start", 4.0),
+  ("checkpoint write", 0.0),  # an Orbax temporary directory exists
+  ("metrics write", 0.0),  # metrics.jsonl just grew
+  ("start", 3.0),
+  ("checkpoint write", 0.0),
+  ("start", 5.0),
+  ("metrics write", 0.0),
+  ("start", 6.0),
+  ("checkpoint write", 0.0),
+  ("start", 7.0),
+]
+EVENTS = {"checkpoint write": _tmp_checkpoint, "metrics write": _metrics_grew}
+
+
+@pytest.mark.slow
+def test_sigkill_at_many_moments_then_the_run_ends_as_an_uninterrupted_one(tmp_path, reference):
+  """train.py's run killed with SIGKILL at 12 moments (importing, compiling, mid-step, during
+  checkpoint and metrics writes), each time re-run from what is on disk: the last run ends
+  bit-identical to the uninterrupted one, with one metrics line per evaluation."""
+  workdir = tmp_path / "work"
+  env = {
+    **os.environ,
+    "PYTHONPATH": ROOT,
+    "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "cache"),
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+    "JAX_PLATFORMS": "cpu",
+    "TF_CPP_MIN_LOG_LEVEL": "3",
+  }
+  killed = []
+  for what, seconds in MOMENTS:
+    proc = subprocess.Popen(
+      [sys.executable, "-c", RUN_SMALL, str(workdir)],
+      cwd=ROOT,
+      env=env,
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    start = time.monotonic()
+    while proc.poll() is None and time.monotonic() - start < 60:
+      if time.monotonic() - start >= seconds and (what == "start" or EVENTS[what](workdir)):
+        proc.send_signal(signal.SIGKILL)
+        killed.append(what)
+        break
+      time.sleep(0.005)
+    proc.wait()
+    assert proc.returncode in (0, -signal.SIGKILL), proc.stderr.read()[-2000:]
+  assert len(killed) >= 10, killed
+  final = subprocess.run(
+    [sys.executable, "-c", RUN_SMALL, str(workdir)],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert final.returncode == 0, final.stderr[-2000:]
+  lines = (workdir / metrics.METRICS_FILE).read_text().splitlines()
+  assert [json.loads(line)["step"] for line in lines] == [4, 8]  # no cut or doubled line
+  like = run_state_like({})
+  state, _ = checkpoints.restore_checkpoint(str(workdir), like)
+  for got, want in zip(leaves(state), reference[1], strict=True):
+    np.testing.assert_array_equal(got, want)
+  for step in checkpoints.saved_steps(str(workdir)):
+    assert checkpoints.verify(str(workdir), step) is not False

@@ -695,6 +695,7 @@ def test_integration_resnet20_znorm_learns_real_cifar10(tmp_path):
       num_train_steps=150,
       eval_every_steps=75,
       checkpoint_every_steps=150,
+      steps_per_dispatch=1,  # an 8-step program takes ~45 s more to compile on CPU
     )
   )
   assert config.model == "resnet20" and config.grad_transform == "znorm"
