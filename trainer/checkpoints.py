@@ -184,6 +184,17 @@ def restore(
       "start in a new --workdir"
     ) from None
   saved = item["state"]
+  for (path, got), want in zip(
+    jax.tree_util.tree_leaves_with_path(saved),
+    jax.tree.leaves(_item(like, None)["state"]),
+    strict=False,
+  ):
+    if np.shape(got) != np.shape(want):
+      raise CheckpointError(
+        f"checkpoint {step} in {mngr.directory} holds another model or optimizer: "
+        f"{jax.tree_util.keystr(path)} has shape {np.shape(got)}, the config needs "
+        f"{np.shape(want)}; start in a new --workdir"
+      )
   state = like.replace(
     step=np.asarray(saved["step"]),
     params=saved["params"],
