@@ -42,6 +42,7 @@ from absl import logging
 from benchmarks.study_report import (
   METHODS,
   RESULTS_NAME,
+  parse_method,
   run_key,
   write_report,
 )
@@ -50,7 +51,6 @@ from trainer.metrics import append_record, column, read_metrics, read_records
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESETS = ("cpu", "gpu", "test")  # configs/study_{name}.py
-METHOD_CONFIGS = {m: f"configs.paper_{m}" for m in METHODS}
 # Config fields that must agree with an existing workdir's config.json before resuming in it.
 RESUME_FIELDS = (
   "model",
@@ -88,17 +88,19 @@ def load_preset(name: str) -> ml_collections.ConfigDict:
 
 
 def make_config(method: str, model: str, seed: int, preset, data_dir: str | None = None):
-  """The ``configs/paper_{method}.py`` config with the preset's model, budget and seed."""
-  if method not in METHOD_CONFIGS:
-    raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
-  config = importlib.import_module(METHOD_CONFIGS[method]).get_config()
+  """The ``configs/paper_{method}.py`` config with the preset's model, budget and seed.
+
+  ``method`` may carry its own learning rate (``adam_lr2e-3``), replacing the preset's.
+  """
+  base, learning_rate = parse_method(method)
+  config = importlib.import_module(f"configs.paper_{base}").get_config()
   config.model = model
   config.seed = seed
   config.data_dir = data_dir
   config.train_split = preset.train_split
   config.eval_split = preset.eval_split
   config.batch_size = preset.batch_size
-  config.learning_rate = preset.learning_rate
+  config.learning_rate = learning_rate or preset.learning_rate
   config.schedule = preset.schedule
   config.num_epochs = preset.epochs
   config.num_train_steps = -1  # num_epochs * steps per epoch
@@ -315,7 +317,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     "--methods",
     type=_csv(),
     default=METHODS,
-    help=f"comma-separated subset of {','.join(METHODS)} (default: all)",
+    help=f"comma-separated subset of {','.join(METHODS)} (default: all); a method may carry "
+    "its own learning rate, as adam_lr2e-3",
   )
   parser.add_argument(
     "--models",
@@ -341,9 +344,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     help="only rebuild paper_study.md and .png from paper_study.jsonl",
   )
   args = parser.parse_args(argv)
-  bad = [m for m in args.methods if m not in METHODS]
-  if bad:
-    parser.error(f"unknown method(s) {', '.join(bad)}; valid: {', '.join(METHODS)}")
+  for method in args.methods:
+    try:
+      parse_method(method)
+    except ValueError as e:
+      parser.error(str(e))
   preset = load_preset(args.budget)
   if args.report_only:
     records = read_records(Path(args.results) / f"{RESULTS_NAME}.jsonl")

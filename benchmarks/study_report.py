@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import statistics
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -22,12 +23,27 @@ import matplotlib.pyplot as plt  # noqa: E402
 from scipy import stats  # noqa: E402
 
 METHODS = ("adam", "centralize", "clip", "znorm")
+# A method with its own learning rate, e.g. ``adam_lr2e-3``: the control for "ZNorm acts like a
+# larger learning rate".
+_LR_VARIANT = re.compile(r"^(?P<base>[a-z]+)_lr(?P<lr>[0-9][0-9.]*(e-?[0-9]+)?)$")
 RESULTS_NAME = "paper_study"
 # The fields that identify a run in the jsonl (a recorded one is skipped).
 KEY_FIELDS = ("budget", "model", "method", "seed", "epochs", "train_split")
 COLORS = {"adam": "0.25", "centralize": "tab:blue", "clip": "tab:orange", "znorm": "tab:red"}
 # Transform names of records written before the library named them after its functions.
 _OLD_TRANSFORM_NAMES = {"clip": "clip_by_global_norm", "clip_layer": "clip_by_layer_norm"}
+
+
+def parse_method(method: str) -> tuple[str, float | None]:
+  """``(base method, learning rate or None)`` of a study method name such as ``adam_lr2e-3``."""
+  match = _LR_VARIANT.match(method)
+  base, lr = (match["base"], float(match["lr"])) if match else (method, None)
+  if base not in METHODS or lr == 0:
+    raise ValueError(
+      f"unknown method {method!r}; valid: {', '.join(METHODS)}, each optionally with its own "
+      "learning rate as in adam_lr2e-3"
+    )
+  return base, lr
 
 
 def save_figure(fig, out: str | os.PathLike, dpi: int = 120) -> Path:
