@@ -26,6 +26,7 @@ import threading
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from trainer.errors import CheckpointError, DivergedError
 from trainer.state import TrainState
@@ -101,11 +102,30 @@ def saved_steps(workdir: str) -> list[int]:
 
 def latest_good_step(workdir: str, warn=print) -> int | None:
   """The newest checkpoint whose files match their checksums (or that has none); damaged
-  newer ones are renamed ``N.damaged`` with a warning.
+  newer ones are renamed ``N.damaged`` with a warning. With several processes, process 0
+  checks and renames and the others take its answer.
 
   Raises:
     CheckpointError: checkpoints exist but every one of them is damaged.
   """
+  if jax.process_count() == 1:
+    return _check_latest(workdir, warn)
+  answer, error = -1, None
+  if jax.process_index() == 0:
+    try:
+      answer = _check_latest(workdir, warn)
+      answer = -1 if answer is None else answer
+    except CheckpointError as e:
+      answer, error = -2, e
+  answer = int(multihost_utils.broadcast_one_to_all(np.int64(answer)))
+  if answer == -2:
+    raise error or CheckpointError(
+      f"the checkpoints in {checkpoint_dir(workdir)} are damaged (process 0 says which)"
+    )
+  return None if answer == -1 else answer
+
+
+def _check_latest(workdir: str, warn) -> int | None:
   steps = saved_steps(workdir)
   for step in reversed(steps):
     if verify(workdir, step) is not False:
@@ -221,20 +241,26 @@ def restore_checkpoint(workdir: str, like: TrainState, step: int | None = None):
 
 
 class StopRequest:
-  """Turns SIGTERM (preemption) and the first Ctrl-C (SIGINT) into a flag that the training
-  loop checks after every dispatch; a second Ctrl-C raises KeyboardInterrupt at once."""
+  """SIGTERM (preemption) and the first Ctrl-C (SIGINT) as a request to save and stop at a
+  dispatch boundary, checked by `should_stop` after every dispatch; a second Ctrl-C raises
+  KeyboardInterrupt at once.
+
+  With several processes the stop must happen at the same dispatch everywhere (a checkpoint
+  write is collective), so SIGTERM is left to JAX's preemption service
+  (`multihost_utils.reached_preemption_sync_point`): it tells every process of a notice to any
+  one of them and agrees on the next dispatch to stop at, without a collective per dispatch.
+  Ctrl-C then sends this process a SIGTERM to enter the same protocol.
+  """
 
   def __init__(self):
     self.signal: str | None = None
+    self._synced = jax.process_count() > 1
     self._previous = {}
-
-  @property
-  def requested(self) -> bool:
-    return self.signal is not None
+    self._dispatches = 0
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
-      for sig in (signal.SIGTERM, signal.SIGINT):
+      for sig in (signal.SIGINT,) if self._synced else (signal.SIGTERM, signal.SIGINT):
         self._previous[sig] = signal.signal(sig, self._handle)
     return self
 
@@ -248,6 +274,19 @@ class StopRequest:
         flush=True,
       )
     self.signal = signal.Signals(signum).name
+    if self._synced:
+      os.kill(os.getpid(), signal.SIGTERM)  # to JAX's preemption notifier
+
+  def should_stop(self) -> bool:
+    """Whether to save and stop now; call once after every dispatch (with several processes,
+    the n-th call of every process is the same dispatch)."""
+    if not self._synced:
+      return self.signal is not None
+    self._dispatches += 1
+    if multihost_utils.reached_preemption_sync_point(self._dispatches):
+      self.signal = self.signal or "SIGTERM"
+      return True
+    return False
 
   def __exit__(self, *exc):
     for sig, previous in self._previous.items():

@@ -199,7 +199,7 @@ class Measure:
         augment=config.augment,
       ),
       axis_name=ip.AXIS_NAME,
-      devices=devices,
+      devices=ip.pmap_devices(devices),
     )
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     self._order = forward_order(model, variables, image_shape)

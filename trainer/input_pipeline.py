@@ -89,6 +89,13 @@ def dispatch_indices(
   return np.stack(per_step, axis=1).astype(np.int32)
 
 
+def pmap_devices(local_devices) -> list:
+  """The devices a pmap over ``local_devices`` maps over: those, or with several processes every
+  process's devices (pmap then runs one program across hosts; each process feeds and reads its
+  own local devices' slices)."""
+  return list(local_devices) if jax.process_count() == 1 else jax.devices()
+
+
 def _sharding(devices) -> jax.sharding.NamedSharding:
   mesh = jax.sharding.Mesh(np.asarray(devices), (AXIS_NAME,))
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS_NAME))
@@ -107,8 +114,15 @@ def replicate(tree, devices):
 
 
 def unreplicate(tree):
-  """The first device's copy of a replicated tree, on the host."""
-  return jax.device_get(jax.tree.map(lambda x: x[0], tree))
+  """The first local device's slice of each leaf of a pmapped tree (its copy of a replicated
+  value), on the host. Nothing runs on the devices: with several processes the leaves span all
+  hosts' devices, and indexing them would be a collective."""
+
+  def first_local(x):
+    return x.addressable_shards[0].data if isinstance(x, jax.Array) else np.asarray(x)[0]
+
+  values = jax.device_get(jax.tree.map(first_local, tree))
+  return jax.tree.map(lambda v, x: np.reshape(v, np.shape(x)[1:]), values, tree)
 
 
 def pad_eval_split(

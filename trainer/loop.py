@@ -89,7 +89,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         config, model, optimizer.grad_transform, spec, dtype, devices, state, train_images.shape[1:]
       )
     r_state = ip.replicate(state, devices)
-    watch, compiled = Stopwatch(), set()
+    watch, compiled, stopping = Stopwatch(), set(), False
     pbar = tqdm(
       total=plan.total_steps,
       initial=step,
@@ -99,7 +99,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       file=sys.stderr,
     )
     try:
-      while step < plan.total_steps and not stop.requested:
+      while step < plan.total_steps and not stopping:
         if measure is not None and plan.measures_before(step):
           with watch.paused(r_state):
             row = measure(r_state, train_data, step, plan.steps_per_epoch)
@@ -128,8 +128,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             row = evaluation_row(steps, r_state, eval_data, train_metrics, step, plan, optimizer)
             row["images_per_second"] = watch.rate()
             writer.write(row, eval_scalars(row))
-            say(progress_line(row, plan))
-        if plan.checkpoints_after(step) or stop.requested:
+            if host0:
+              say(progress_line(row, plan))
+        stopping = stop.should_stop()
+        if plan.checkpoints_after(step) or stopping:
           with watch.paused(r_state):
             train_metrics.flush()
             checkpoints.save(mngr, workdir, ip.unreplicate(r_state), train_metrics.sums)
@@ -208,10 +210,10 @@ class TrainMetrics:
   def flush(self) -> str:
     """Adds the pending steps to the sums, writing the logging steps' scalars; returns the
     last logged loss for the progress bar."""
-    for first_step, metrics in jax.device_get(self._pending):
-      for k, (loss, accuracy) in enumerate(
-        zip(metrics["loss"][0], metrics["accuracy"][0], strict=True)
-      ):
+    first_steps = [first_step for first_step, _ in self._pending]
+    fetched = ip.unreplicate([metrics for _, metrics in self._pending])
+    for first_step, metrics in zip(first_steps, fetched, strict=True):
+      for k, (loss, accuracy) in enumerate(zip(metrics["loss"], metrics["accuracy"], strict=True)):
         row = np.array([loss, accuracy, 1.0], np.float64)
         self.sums += row
         self._log_sums += row

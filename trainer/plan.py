@@ -19,11 +19,17 @@ from trainer.state import DTYPES, create_model
 
 
 def local_devices(config: ml_collections.ConfigDict) -> list:
-  """The local devices pmap runs on: the first `config.num_devices` (-1 = all)."""
+  """The local devices pmap runs on: the first `config.num_devices` (-1 = all; with several
+  processes each one maps over all its devices)."""
   devices = jax.local_devices()
   n = config.num_devices
-  if n is None or n < 0:
+  if n is None or n < 0 or (jax.process_count() > 1 and n == len(devices)):
     return devices
+  if jax.process_count() > 1:
+    raise ValueError(
+      f"num_devices={n}: with {jax.process_count()} processes each one trains on all its "
+      f"{len(devices)} devices; use --config.num_devices=-1"
+    )
   if not 1 <= n <= len(devices):
     raise ValueError(
       f"num_devices={n} but this host has {len(devices)} devices; use -1 for all of them"

@@ -163,9 +163,9 @@ class Steps:
   def evaluate(self, state, images, labels, mask) -> dict[str, float]:
     per_batch = [self.eval_step(state, images, labels, mask, b) for b in range(images.shape[1])]
     sums = {"loss": 0.0, "correct": 0.0, "count": 0.0}
-    for batch_sums in jax.device_get(per_batch):
+    for batch_sums in ip.unreplicate(per_batch):
       for key in sums:
-        sums[key] += float(batch_sums[key][0])
+        sums[key] += float(batch_sums[key])
     return sums
 
 
@@ -188,13 +188,13 @@ def make_steps(
   train = jax.pmap(
     functools.partial(train_steps, tx=tx, seed=seed, augment=augment, unroll=unroll, **common),
     axis_name=AXIS_NAME,
-    devices=devices,
+    devices=ip.pmap_devices(devices),
     donate_argnums=(0,),
   )
   eval_fn = jax.pmap(
     functools.partial(eval_step, **common),
     axis_name=AXIS_NAME,
     in_axes=(0, 0, 0, 0, None),
-    devices=devices,
+    devices=ip.pmap_devices(devices),
   )
   return Steps(train=train, eval_step=eval_fn)

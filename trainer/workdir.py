@@ -141,7 +141,7 @@ def check_config(workdir: str, config: ml_collections.ConfigDict, step: int) -> 
     if len(listed) > room:
       listed = listed[: room - 5].rsplit(", ", 1)[0] + ", ..."
     raise ConfigChangedError(head + listed + fix)
-  if changes:
+  if changes and jax.process_index() == 0:
     append_record(
       os.path.join(workdir, CONFIG_CHANGES_FILE),
       {"step": step, "changed": {k: list(v) for k, v in changes.items()}},
