@@ -94,31 +94,61 @@ def t_critical(dof: int, level: float = 0.95) -> float:
   return float(stats.t.ppf(0.5 + level / 2, dof))
 
 
+def endpoint(record: dict, field: str) -> float:
+  """A run's value of ``field``: a recorded number, or ``mean_epoch_accuracy`` (the mean of the
+  per-epoch test accuracies: the area under the learning curve, the "acceleration" endpoint)."""
+  if field == "mean_epoch_accuracy":
+    return statistics.fmean(record["epoch_accuracies"])
+  return record[field]
+
+
 def paired_difference(
   records: Sequence[dict], model: str, method: str, baseline: str, field: str = "final_accuracy"
 ) -> dict | None:
-  """``method - baseline`` of ``field`` over the seeds both have: n, mean, std, t, beyond noise.
+  """``method - baseline`` of ``field`` (see `endpoint`) over the seeds both have.
 
   Runs of the same seed share the initialization, the data order and the augmentation, so the
-  pairing removes most of the seed-to-seed variation; "beyond noise" is a two-sided paired t-test
-  at the 5% level (no correction for the several comparisons).
+  pairing removes most of the seed-to-seed variation.
+
+  Returns:
+    None without common seeds, else ``n``, ``mean``, ``std`` (ddof=1), ``ci`` (half-width of
+    the 95% t interval of the mean), ``t`` and two-sided ``p`` of the paired t-test, and
+    ``beyond_noise`` (p < 0.05, uncorrected).
   """
-  a = {r["seed"]: r[field] for r in records if r["model"] == model and r["method"] == method}
-  b = {r["seed"]: r[field] for r in records if r["model"] == model and r["method"] == baseline}
+  a = {
+    r["seed"]: endpoint(r, field) for r in records if r["model"] == model and r["method"] == method
+  }
+  b = {
+    r["seed"]: endpoint(r, field)
+    for r in records
+    if r["model"] == model and r["method"] == baseline
+  }
   seeds = sorted(set(a) & set(b))
   if not seeds:
     return None
   d = [a[s] - b[s] for s in seeds]
   mean, std = mean_std(d)
   n = len(d)
-  t = math.nan
+  t = ci = p = math.nan
   if n > 1:
+    ci = t_critical(n - 1) * std / math.sqrt(n)
     if std > 0:
       t = mean / (std / math.sqrt(n))
     else:  # identical differences: no noise at all
       t = 0.0 if mean == 0 else math.copysign(math.inf, mean)
-  beyond = n > 1 and abs(t) > t_critical(n - 1)
-  return {"n": n, "mean": mean, "std": std, "t": t, "beyond_noise": beyond}
+    p = float(2 * stats.t.sf(abs(t), n - 1))
+  return {"n": n, "mean": mean, "std": std, "ci": ci, "t": t, "p": p, "beyond_noise": p < 0.05}
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+  """Holm's step-down adjustment of ``p_values`` (family-wise error control); nan stays nan and
+  does not count as a test."""
+  order = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+  adjusted, running = [math.nan] * len(p_values), 0.0
+  for rank, (p, i) in enumerate(order):
+    running = max(running, min(1.0, (len(order) - rank) * p))
+    adjusted[i] = running
+  return adjusted
 
 
 def _ordered(values: Iterable[str], order: Sequence[str]) -> list[str]:

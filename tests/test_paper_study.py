@@ -7,8 +7,11 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
+from benchmarks import depth_study as ds
 from benchmarks import paper_study as ps
 from benchmarks import study_report as report
 from trainer.metrics import append_record, read_records
@@ -354,3 +357,81 @@ def test_tiny_end_to_end_run_under_mock_data(tmp_path):
   assert 0.0 <= r["final_accuracy"] <= r["best_accuracy"] <= 1.0
   assert read_records(tmp_path / "res" / "paper_study.jsonl") == new
   assert (tmp_path / "res" / "paper_study.png").is_file()
+
+
+# ------------------------------------------------------------------------------ the depth study
+
+
+def test_paired_difference_matches_scipy_ttest_rel_and_its_interval():
+  finals = {"adam": [0.40, 0.42, 0.39, 0.41, 0.43], "znorm": [0.42, 0.43, 0.42, 0.41, 0.46]}
+  recs = [record(method=m, seed=s, final=f) for m, fs in finals.items() for s, f in enumerate(fs)]
+  d = report.paired_difference(recs, "resnet20", "znorm", "adam")
+  ref = scipy_stats.ttest_rel(finals["znorm"], finals["adam"])
+  ci = ref.confidence_interval(0.95)
+  assert (
+    d["n"] == 5 and d["t"] == pytest.approx(ref.statistic) and d["p"] == pytest.approx(ref.pvalue)
+  )
+  assert (d["mean"] - d["ci"], d["mean"] + d["ci"]) == pytest.approx((ci.low, ci.high))
+
+
+def test_the_acceleration_endpoint_is_the_mean_of_the_epoch_accuracies():
+  r = record(final=0.4, epoch_accuracies=[0.1, 0.2, 0.3, 0.4])
+  assert report.endpoint(r, "mean_epoch_accuracy") == pytest.approx(0.25)
+  assert report.endpoint(r, "final_accuracy") == 0.4
+
+
+def test_holm_by_hand():
+  # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1, made non-decreasing; nan is no test
+  got = report.holm([0.01, 0.04, 0.03, math.nan, 0.005])
+  assert got[:3] + got[4:] == pytest.approx([0.03, 0.06, 0.06, 0.02]) and math.isnan(got[3])
+
+
+def test_depth_trend_is_the_least_squares_slope_on_log2_depth():
+  gains = {"resnet20": [0.00, 0.01], "resnet56": [0.02, 0.02], "resnet110": [0.03, 0.05]}
+  recs = []
+  for model, gs in gains.items():
+    for seed, g in enumerate(gs):
+      recs += [record(model, "adam", seed, 0.4), record(model, "znorm", seed, 0.4 + g)]
+  trend = ds.depth_trend(recs, "final_accuracy")
+  x = [math.log2(ds.DEPTHS[m]) for m, gs in gains.items() for _ in gs]
+  y = [g for gs in gains.values() for g in gs]
+  assert trend["n"] == 6 and trend["slope"] == pytest.approx(np.polyfit(x, y, 1)[0])
+  assert trend["ci"] > 0 and 0 < trend["p"] < 1
+
+
+def test_the_resnet110_control_is_the_better_larger_learning_rate_once_both_are_recorded():
+  recs = [record("resnet56", "adam_lr2e-3", s, 0.45) for s in range(3)]
+  assert ds.best_control(recs) is None
+  assert ("resnet110", ("adam_lr4e-3",), (0, 1, 2)) not in ds.planned_groups(recs)
+  recs += [record("resnet56", "adam_lr4e-3", s, 0.46) for s in range(3)]
+  assert ds.best_control(recs) == "adam_lr4e-3"
+  assert ds.planned_groups(recs)[-1] == ("resnet110", ("adam_lr4e-3",), (0, 1, 2))
+  assert ("resnet56", "znorm", "adam_lr4e-3") in ds.comparisons(recs)
+
+
+def test_learning_rate_variants_train_the_base_method_at_their_rate():
+  c = ps.make_config("adam_lr4e-3", "resnet56", 1, CPU)
+  assert (c.grad_transform, c.learning_rate) == ("none", 4e-3)
+  assert ps.make_config("znorm", "resnet56", 1, CPU).learning_rate == CPU.learning_rate
+  for bad in ("adam_lr0", "adam_lrx", "sgd_lr1e-3"):
+    with pytest.raises(ValueError, match="valid: adam, centralize, clip, znorm"):
+      ps.make_config(bad, "resnet56", 1, CPU)
+
+
+def test_depth_report_states_the_endpoints_and_the_verdicts(tmp_path):
+  recs = [
+    record(
+      model,
+      method,
+      seed,
+      0.40 + (0.02 if method == "znorm" else 0) + 0.001 * seed * (method == "znorm"),
+    )
+    for model in ds.DEPTHS
+    for method in ("adam", "znorm")
+    for seed in ds.SEEDS
+  ]
+  paths = ds.write_report(recs, CPU, tmp_path)
+  md = paths[0].read_text()
+  assert "primary, the final test accuracy" in md and paths[1].stat().st_size > 0
+  assert "ZNorm beats adam at resnet110 on the final test accuracy: supported" in md
+  assert "resnet56 adam_lr2e-3 seeds 0,1,2" in md  # the controls are still missing

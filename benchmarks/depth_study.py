@@ -1,0 +1,358 @@
+"""Does ZNorm speed up deep ResNets? The paper study's `cpu` preset at depths 20, 56 and 110 with
+5 seeds of Adam and ZNorm, and Adam at larger learning rates as the control for "ZNorm acts like
+a larger step".
+
+Usage (from the project root)::
+
+  python -m benchmarks.depth_study --data_dir ../shared/data/tfds   # runs what is missing
+  python -m benchmarks.depth_study --report_only
+
+Runs are `benchmarks.paper_study` runs (same protocol, workdirs and ``paper_study.jsonl``, so the
+recorded 3-seed runs count and an interrupted study resumes). The plan, fixed before the runs:
+
+* ``adam`` and ``znorm`` (Adam lr 1e-3, cosine) at ResNet-20, -56 and -110, seeds 0-4;
+* ``adam_lr2e-3`` and ``adam_lr4e-3`` at ResNet-56, seeds 0-2, and the better of the two (by mean
+  final accuracy) at ResNet-110, seeds 0-2;
+* ``centralize`` and ``clip`` stay at their recorded 3 seeds at depths 20 and 56.
+
+Endpoints: the primary is the final test accuracy; the secondary, for "acceleration", is the mean
+of the per-epoch test accuracies (the area under the learning curve). Each comparison is the
+difference to a baseline paired by seed, with its 95% t interval, paired t-test and Holm's
+correction over all the comparisons of an endpoint; the trend of ZNorm's gain with depth is the
+least-squares slope of the paired differences on log2(depth). `write_report` writes
+``depth_study.md`` and ``depth_study.png`` next to the jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from matplotlib.figure import Figure
+from scipy import stats
+
+from benchmarks import paper_study
+from benchmarks.study_report import (
+  COLORS,
+  RESULTS_NAME,
+  endpoint,
+  epoch_bands,
+  fmt,
+  holm,
+  mean_std,
+  paired_difference,
+  preset_records,
+  save_figure,
+  t_critical,
+)
+from trainer.metrics import read_records
+
+NAME = "depth_study"
+DEPTHS = {"resnet20": 20, "resnet56": 56, "resnet110": 110}
+SEEDS, CONTROL_SEEDS = (0, 1, 2, 3, 4), (0, 1, 2)
+LR_CONTROLS = ("adam_lr2e-3", "adam_lr4e-3")
+PEERS = ("centralize", "clip")  # recorded at 3 seeds, depths 20 and 56
+ENDPOINTS = {
+  "final_accuracy": "final test accuracy",
+  "mean_epoch_accuracy": "mean of the per-epoch test accuracies",
+}
+
+
+def best_control(records: Sequence[dict], model: str = "resnet56") -> str | None:
+  """The larger-learning-rate Adam with the higher mean final accuracy at ``model`` (None until
+  both have 3 runs)."""
+  means = {}
+  for method in LR_CONTROLS:
+    finals = [r["final_accuracy"] for r in records if r["model"] == model and r["method"] == method]
+    if len(finals) < len(CONTROL_SEEDS):
+      return None
+    means[method] = statistics.fmean(finals)
+  return max(means, key=means.get)
+
+
+def planned_groups(records: Sequence[dict]) -> list[tuple[str, tuple[str, ...], tuple[int, ...]]]:
+  """``(model, methods, seeds)`` in run order: the 5-seed runs by depth, then the controls (the
+  ResNet-110 control once the ResNet-56 ones say which)."""
+  groups = [(model, ("adam", "znorm"), SEEDS) for model in DEPTHS]
+  groups.insert(2, ("resnet56", LR_CONTROLS, CONTROL_SEEDS))
+  control = best_control(records)
+  if control:
+    groups.append(("resnet110", (control,), CONTROL_SEEDS))
+  return groups
+
+
+def comparisons(records: Sequence[dict]) -> list[tuple[str, str, str]]:
+  """``(model, method, baseline)`` of every comparison made (the Holm family)."""
+  out = [(m, "znorm", "adam") for m in DEPTHS]
+  for model in ("resnet56", "resnet110"):
+    control = best_control(records)
+    if control and any(r["model"] == model and r["method"] == control for r in records):
+      out.append((model, "znorm", control))
+  out += [(m, peer, "adam") for m in ("resnet20", "resnet56") for peer in PEERS]
+  return out
+
+
+def compare(records: Sequence[dict]) -> dict[str, list[dict]]:
+  """For each endpoint, the paired differences of `comparisons`, with Holm-adjusted ``p_holm``."""
+  out = {}
+  for field in ENDPOINTS:
+    rows = []
+    for model, method, baseline in comparisons(records):
+      d = paired_difference(records, model, method, baseline, field)
+      if d is not None:
+        rows.append({"model": model, "method": method, "baseline": baseline, **d})
+    for row, p in zip(rows, holm([r["p"] for r in rows]), strict=True):
+      row["p_holm"] = p
+    out[field] = rows
+  return out
+
+
+def depth_trend(records: Sequence[dict], field: str, baseline: str = "adam") -> dict | None:
+  """Least-squares slope of ZNorm's per-seed paired gain over ``baseline`` on log2(depth): the
+  change of the gain per doubling of depth, with its 95% interval and p-value."""
+  xs, ys = [], []
+  for model, depth in DEPTHS.items():
+    by_seed = {
+      m: {
+        r["seed"]: endpoint(r, field) for r in records if r["model"] == model and r["method"] == m
+      }
+      for m in ("znorm", baseline)
+    }
+    for seed in sorted(set(by_seed["znorm"]) & set(by_seed[baseline])):
+      xs.append(math.log2(depth))
+      ys.append(by_seed["znorm"][seed] - by_seed[baseline][seed])
+  if len(set(xs)) < 2 or len(xs) < 3:
+    return None
+  fit = stats.linregress(xs, ys)
+  ci = t_critical(len(xs) - 2) * fit.stderr
+  return {"n": len(xs), "slope": fit.slope, "ci": ci, "p": fit.pvalue}
+
+
+def _interval(d: dict) -> str:
+  if math.isnan(d["ci"]):
+    return fmt(d["mean"], math.nan, sign=True)
+  lo, hi = d["mean"] - d["ci"], d["mean"] + d["ci"]
+  return f"{100 * d['mean']:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"
+
+
+def _verdict(d: dict, p_key: str = "p_holm") -> str:
+  p = d.get(p_key, d["p"])
+  if math.isnan(p):
+    return "cannot decide (one seed)"
+  if p < 0.05:
+    return "supported" if d["mean"] > 0 else "contradicted"
+  return "cannot decide"
+
+
+def render_markdown(records: Sequence[dict], preset) -> str:
+  """``depth_study.md``: plan, per-depth accuracies, comparisons, trend, reading, missing runs."""
+  lines = [
+    f"# Depth study: does ZNorm speed up deep ResNets? (budget `{preset.name}`)",
+    "",
+    "Generated by `benchmarks/depth_study.py` from `paper_study.jsonl`; do not edit by hand.",
+    "",
+    f"Protocol: the paper study's `{preset.name}` preset ({preset.epochs} epochs of "
+    f"`{preset.train_split}`, batch {preset.batch_size}, Adam lr {preset.learning_rate:g} "
+    f"{preset.schedule}, test accuracy on `{preset.eval_split}` after each epoch); "
+    "`adam_lrX` is Adam at learning rate X, no transform. Endpoints stated before the runs: "
+    "primary, the final test accuracy; secondary, the mean of the per-epoch test accuracies "
+    "(area under the learning curve). Δ: paired by seed, in percentage points, mean [95% t "
+    "interval]; p: paired t-test; p Holm: Holm's correction over the comparisons of that "
+    "endpoint. Early training only: these are not the paper's final accuracies.",
+    "",
+    "## Accuracies",
+    "",
+    "| model | method | n | final test acc (%) | mean per-epoch test acc (%) |",
+    "|---|---|---:|---:|---:|",
+  ]
+  methods = ("adam", *LR_CONTROLS, "znorm", *PEERS)
+  for model in DEPTHS:
+    for method in methods:
+      runs = [r for r in records if r["model"] == model and r["method"] == method]
+      if runs:
+        final = mean_std([r["final_accuracy"] for r in runs])
+        auc = mean_std([statistics.fmean(r["epoch_accuracies"]) for r in runs])
+        lines.append(f"| {model} | {method} | {len(runs)} | {fmt(*final)} | {fmt(*auc)} |")
+  table = compare(records)
+  lines += [
+    "",
+    "## Comparisons",
+    "",
+    "| model | comparison | n | Δ final (pp) | p | p Holm | Δ mean per-epoch (pp) | p | p Holm |",
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+  ]
+  for a, b in zip(table["final_accuracy"], table["mean_epoch_accuracy"], strict=True):
+    lines.append(
+      f"| {a['model']} | {a['method']} - {a['baseline']} | {a['n']} | {_interval(a)} | "
+      f"{a['p']:.3f} | {a['p_holm']:.3f} | {_interval(b)} | {b['p']:.3f} | {b['p_holm']:.3f} |"
+    )
+  lines += ["", "## ZNorm's gain against depth", ""]
+  for field, label in ENDPOINTS.items():
+    trend = depth_trend(records, field)
+    if trend:
+      slope, ci = 100 * trend["slope"], 100 * trend["ci"]
+      lines.append(
+        f"- {label}: {slope:+.2f} pp per doubling of depth, 95% interval [{slope - ci:+.2f}, "
+        f"{slope + ci:+.2f}], p = {trend['p']:.3f} (least squares of the {trend['n']} per-seed "
+        "gains over adam on log2 depth)."
+      )
+  lines += ["", "## Reading (automatic, Holm-corrected)", "", *_reading(records, table)]
+  lines += ["", "## Missing runs", "", _missing(records)]
+  return "\n".join(lines) + "\n"
+
+
+def _reading(records, table) -> list[str]:
+  out = []
+  for field, label in ENDPOINTS.items():
+    for d in table[field]:
+      if d["method"] != "znorm":
+        continue
+      claim = f"ZNorm beats {d['baseline']} at {d['model']} on the {label}"
+      out.append(f"- {claim}: {_verdict(d)} (Δ {_interval(d)} pp, p Holm {d['p_holm']:.3f}).")
+    trend = depth_trend(records, field)
+    if trend:
+      verdict = _verdict({"mean": trend["slope"], "ci": trend["ci"], "p": trend["p"]}, "p")
+      out.append(f"- ZNorm's gain on the {label} grows with depth: {verdict}.")
+  return out or ["Not enough runs yet."]
+
+
+def _missing(records) -> str:
+  missing = []
+  for model, methods, seeds in planned_groups(records):
+    for method in methods:
+      have = {r["seed"] for r in records if r["model"] == model and r["method"] == method}
+      lack = [s for s in seeds if s not in have]
+      if lack:
+        missing.append(f"{model} {method} seeds {','.join(map(str, lack))}")
+  if best_control(records) is None:
+    missing.append("resnet110 with the better larger-learning-rate Adam (once resnet56 says)")
+  if not missing:
+    return "None: every planned run is recorded."
+  return "; ".join(missing) + ". Run `python -m benchmarks.depth_study` again to add them."
+
+
+def plot(records: Sequence[dict], out: str | os.PathLike) -> Path:
+  """Test accuracy against epoch per method at each depth (mean, min-max shaded), and ZNorm's
+  gain against depth with 95% intervals for both endpoints."""
+  fig = Figure(figsize=(5.2 * (len(DEPTHS) + 1), 4.4))
+  axes = fig.subplots(1, len(DEPTHS) + 1)
+  for ax, model in zip(axes, DEPTHS, strict=False):
+    for i, method in enumerate(("adam", *LR_CONTROLS, "znorm", *PEERS)):
+      runs = [r for r in records if r["model"] == model and r["method"] == method]
+      if not runs:
+        continue
+      xs, mean, lo, hi = epoch_bands(runs)
+      color = COLORS.get(method, f"C{i + 4}")
+      ax.plot(
+        xs, [100 * v for v in mean], "-o", ms=3, color=color, label=f"{method} (n={len(runs)})"
+      )
+      ax.fill_between(xs, [100 * v for v in lo], [100 * v for v in hi], color=color, alpha=0.15)
+    ax.set(title=model, xlabel="epoch", ylabel="test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+  ax = axes[-1]
+  table = compare(records)
+  for k, (field, marker) in enumerate((("final_accuracy", "o"), ("mean_epoch_accuracy", "s"))):
+    for baseline, color in (("adam", "tab:red"), ("best", "tab:purple")):
+      rows = [
+        d
+        for d in table[field]
+        if d["method"] == "znorm" and (d["baseline"] == "adam") == (baseline == "adam")
+      ]
+      if not rows:
+        continue
+      depths = [DEPTHS[d["model"]] * (1.04 if k else 0.96) for d in rows]
+      ax.errorbar(
+        depths,
+        [100 * d["mean"] for d in rows],
+        yerr=[0 if math.isnan(d["ci"]) else 100 * d["ci"] for d in rows],
+        fmt=marker + ("-" if baseline == "adam" else "--"),
+        color=color,
+        capsize=3,
+        label=f"vs {'adam lr 1e-3' if baseline == 'adam' else 'best larger lr'}: "
+        + ("final" if k == 0 else "mean per-epoch"),
+      )
+  ax.axhline(0, color="0.5", lw=0.8)
+  ax.set_xscale("log", base=2)
+  ax.minorticks_off()
+  ax.set_xticks(list(DEPTHS.values()), [str(d) for d in DEPTHS.values()])
+  ax.set(title="ZNorm's gain (95% interval)", xlabel="depth", ylabel="Δ test accuracy (pp)")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  return save_figure(fig, out)
+
+
+def write_report(records: Sequence[dict], preset, results_dir: str | os.PathLike) -> list[Path]:
+  """Writes ``depth_study.md`` and ``depth_study.png`` into ``results_dir`` (each atomically)."""
+  results_dir = Path(results_dir)
+  records = preset_records(records, preset)
+  md, tmp = results_dir / f"{NAME}.md", results_dir / f"{NAME}.md.tmp"
+  tmp.write_text(render_markdown(records, preset))
+  os.replace(tmp, md)
+  png, tmp_png = results_dir / f"{NAME}.png", results_dir / f"{NAME}.tmp.png"
+  plot(records, tmp_png)
+  os.replace(tmp_png, png)
+  return [md, png]
+
+
+def run(
+  preset,
+  *,
+  data_dir: str | None,
+  results_dir: str | os.PathLike,
+  workdir_root: str | os.PathLike,
+  log: Callable[[str], None] = print,
+) -> None:
+  """Runs the planned groups in order (recorded runs are skipped), rebuilding the report after
+  each group; the ResNet-110 control is planned once the ResNet-56 controls are recorded."""
+  jsonl = Path(results_dir) / f"{RESULTS_NAME}.jsonl"
+  done: set = set()
+  while True:
+    groups = [g for g in planned_groups(read_records(jsonl)) if g not in done]
+    if not groups:
+      break
+    model, methods, seeds = groups[0]
+    paper_study.run_study(
+      preset,
+      models=(model,),
+      methods=methods,
+      seeds=seeds,
+      data_dir=data_dir,
+      workdir_root=workdir_root,
+      results_dir=results_dir,
+      log=log,
+    )
+    records = read_records(jsonl)
+    for path in write_report(records, preset, results_dir):
+      log(f"depth_study: wrote {path}")
+    recorded = {(r["model"], r["method"], r["seed"]) for r in preset_records(records, preset)}
+    if any((model, m, s) not in recorded for m in methods for s in seeds):
+      log("depth_study: stopped before the group was complete; run it again to resume")
+      return
+    done.add(groups[0])
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--data_dir", default=None, help="tfds data dir holding cifar10")
+  parser.add_argument("--results", default=str(paper_study.ROOT / "benchmarks" / "results"))
+  parser.add_argument(
+    "--workdir_root", default=str(paper_study.ROOT / "runs" / RESULTS_NAME), help="as paper_study"
+  )
+  parser.add_argument("--report_only", action="store_true", help="only rebuild the report")
+  args = parser.parse_args(argv)
+  preset = paper_study.load_preset("cpu")
+  if not args.report_only:
+    run(preset, data_dir=args.data_dir, results_dir=args.results, workdir_root=args.workdir_root)
+  jsonl = Path(args.results) / f"{RESULTS_NAME}.jsonl"
+  for path in write_report(read_records(jsonl), preset, args.results):
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+  main()
