@@ -3,8 +3,8 @@
 Usage::
 
     python -m benchmarks.overlap_report --outdir DIR --data_dir D --steps N \\
-        [--model resnet20] [--every K] [--train_split train[:5000]] \\
-        [--eval_split test[:1000]] [--batch_size 128] [--seed 0]
+        [--model resnet20 | --models resnet20,resnet56,resnet110] [--every K] \\
+        [--train_split train[:5000]] [--eval_split test[:1000]] [--batch_size 128] [--seed 0]
 
 Trains ``--model`` twice with ``trainer.loop.train_and_evaluate`` on CIFAR-10, Adam
 (lr 1e-3, cosine), same seed and data order, once on the raw gradients
@@ -25,6 +25,12 @@ From those lines it writes two PNGs to ``DIR``:
   the two parts of dL/d(block input), through the skip path and through the
   residual branch, and the cosine similarity of the two parts, for both runs at
   the first and last logged step.
+
+With ``--models``, each model is reported as with ``--model`` (runs in ``RUNS_DIR/MODEL``,
+PNGs in ``DIR/MODEL``), then ``overlap_depth.png`` and ``overlap_depth.md`` compare the models
+at their last logged step: the growth of |dL/d(block input)| from the last block to the first,
+the branch/skip norm ratio, the skip/branch cosine, and the spread across kernels of the raw
+gradient's std and of the update's std.
 
 It prints the paths it wrote and a few summary numbers.  The plotting functions
 take lists of diagnostics records and are importable::
@@ -234,26 +240,115 @@ def plot_overlap_split(
   return save_figure(fig, out, dpi=110)
 
 
+def overlap_numbers(record: Mapping) -> dict[str, float]:
+  """The numbers of one diagnostics record that the depth comparison reads: the growth of
+  |dL/d(block input)| from the last block to the first, the median branch/skip norm ratio, the
+  mean and range of the skip/branch cosine, and the spread (max/min across kernels) of the raw
+  gradient's std and of the transformed update's std."""
+  paths = kernel_paths(record)
+  grad = [record["layers"][p]["grad_std"] for p in paths]
+  update = [record["layers"][p]["update_std"] for p in paths]
+  blocks = list(record["blocks"].values())
+  cos = [b["cosine"] for b in blocks]
+  ratio = sorted(b["branch_norm"] / b["skip_norm"] for b in blocks if b["skip_norm"])
+  return {
+    "step": record["step"],
+    "blocks": len(blocks),
+    "input_grad_growth": blocks[0]["total_norm"] / blocks[-1]["total_norm"],
+    "branch_skip_median": ratio[len(ratio) // 2] if ratio else math.nan,
+    "cosine_mean": sum(cos) / len(cos),
+    "cosine_min": min(cos),
+    "cosine_max": max(cos),
+    "grad_std_spread": max(grad) / min(grad),
+    "update_std_spread": max(update) / min(update),
+  }
+
+
 def summarize(runs: Mapping[str, Sequence[dict]]) -> list[str]:
   """One line per run: spread of the kernel gradient scale across depth, and the split."""
   lines = []
   for name, records in runs.items():
-    last = records[-1]
-    paths = kernel_paths(last)
-    grad = [last["layers"][p]["grad_std"] for p in paths]
-    update = [last["layers"][p]["update_std"] for p in paths]
-    blocks = list(last["blocks"].values())
-    cos = [b["cosine"] for b in blocks]
-    ratio = sorted(b["branch_norm"] / b["skip_norm"] for b in blocks if b["skip_norm"])
-    median = ratio[len(ratio) // 2] if ratio else math.nan
+    n = overlap_numbers(records[-1])
     lines.append(
-      f"{name:6s} step {last['step']}: kernel grad std max/min across depth "
-      f"{max(grad) / min(grad):.3g} (update {max(update) / min(update):.3g}); "
-      f"|dL/dx| first/last block {blocks[0]['total_norm'] / blocks[-1]['total_norm']:.3g}; "
-      f"branch/skip median {median:.3g}; cosine mean {sum(cos) / len(cos):+.3f} "
-      f"[{min(cos):+.3f}, {max(cos):+.3f}]"
+      f"{name:6s} step {n['step']}: kernel grad std max/min across depth "
+      f"{n['grad_std_spread']:.3g} (update {n['update_std_spread']:.3g}); "
+      f"|dL/dx| first/last block {n['input_grad_growth']:.3g}; "
+      f"branch/skip median {n['branch_skip_median']:.3g}; cosine mean {n['cosine_mean']:+.3f} "
+      f"[{n['cosine_min']:+.3f}, {n['cosine_max']:+.3f}]"
     )
   return lines
+
+
+DEPTH_PNG, DEPTH_MD = "overlap_depth.png", "overlap_depth.md"
+DEPTH_PANELS = (
+  ("input_grad_growth", "|dL/dx| first block / last block", True),
+  ("branch_skip_median", "branch / skip norm (median block)", True),
+  ("cosine_mean", "skip-branch cosine (mean, range)", False),
+  ("grad_std_spread", "kernel std spread max/min (raw: solid, update: dotted)", True),
+)
+
+
+def depth_table(by_model: Mapping[str, Mapping[str, Sequence[dict]]]) -> str:
+  """Markdown: per model and run, `overlap_numbers` of the first and the last logged step."""
+  lines = [
+    "| model | run | step | blocks | dL/dx growth first/last | branch/skip median | cosine mean "
+    "[min, max] | raw grad std max/min | update std max/min |",
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+  ]
+  for model, runs in by_model.items():
+    for name, records in runs.items():
+      for record in (records[0], records[-1]):
+        n = overlap_numbers(record)
+        lines.append(
+          f"| {model} | {LABELS.get(name, name)} | {n['step']} | {n['blocks']} | "
+          f"{n['input_grad_growth']:.3g} | {n['branch_skip_median']:.3g} | "
+          f"{n['cosine_mean']:+.3f} [{n['cosine_min']:+.3f}, {n['cosine_max']:+.3f}] | "
+          f"{n['grad_std_spread']:.3g} | {n['update_std_spread']:.3g} |"
+        )
+  return "\n".join(lines) + "\n"
+
+
+def plot_depth(
+  by_model: Mapping[str, Mapping[str, Sequence[dict]]], out: str | Path, title: str | None = None
+) -> Path:
+  """The overlap numbers at the last logged step against depth, one line per run."""
+  depths = {model: model_depth(model) for model in by_model}
+  fig, axes = plt.subplots(1, len(DEPTH_PANELS), figsize=(4.6 * len(DEPTH_PANELS), 4.0))
+  for ax, (key, label, log) in zip(axes, DEPTH_PANELS, strict=True):
+    for name in RUNS:
+      numbers = [overlap_numbers(runs[name][-1]) for runs in by_model.values() if name in runs]
+      xs = [depths[m] for m, runs in by_model.items() if name in runs]
+      style = dict(color=COLORS.get(name, "C2"), marker="o", label=LABELS.get(name, name))
+      ax.plot(xs, [n[key] for n in numbers], **style)
+      if key == "cosine_mean":
+        ax.fill_between(
+          xs,
+          [n["cosine_min"] for n in numbers],
+          [n["cosine_max"] for n in numbers],
+          color=style["color"],
+          alpha=0.15,
+        )
+      if key == "grad_std_spread":
+        ax.plot(xs, [n["update_std_spread"] for n in numbers], ls=":", color=style["color"])
+    if log:
+      ax.set_yscale("log")
+      _plain_log_ticks(ax)
+    ax.set_xscale("log", base=2)
+    ax.minorticks_off()
+    ax.set_xticks(sorted(depths.values()), [str(d) for d in sorted(depths.values())])
+    ax.set(title=label, xlabel="depth")
+    ax.grid(alpha=0.3)
+  axes[0].legend(fontsize=8)
+  _finish(fig, title)
+  return save_figure(fig, out, dpi=110)
+
+
+def model_depth(model: str) -> int:
+  """'resnet110' -> 110."""
+  digits = "".join(c for c in model if c.isdigit())
+  if not digits:
+    raise ValueError(f"--models: {model!r} has no depth in its name (e.g. resnet56)")
+  return int(digits)
 
 
 def run_title(workdir: str | Path) -> str | None:
@@ -269,12 +364,12 @@ def run_title(workdir: str | Path) -> str | None:
   )
 
 
-def make_config(args: argparse.Namespace, grad_transform: str):
+def make_config(args: argparse.Namespace, grad_transform: str, model: str):
   """The default config (ResNet, Adam lr 1e-3, cosine) for one run of the report."""
   config = default.get_config()
   config.update(
     dict(
-      model=args.model,
+      model=model,
       grad_transform=grad_transform,
       optimizer="adam",
       data_dir=args.data_dir,
@@ -300,6 +395,12 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
   parser.add_argument("--steps", type=int, default=100, help="training steps per run")
   parser.add_argument("--every", type=int, default=20, help="diagnostics every K steps")
   parser.add_argument("--model", default="resnet20", help="a models.MODEL_NAMES name")
+  parser.add_argument(
+    "--models",
+    default=None,
+    help="comma-separated models (e.g. resnet20,resnet56,resnet110): each as --model into "
+    f"OUTDIR/MODEL and RUNS_DIR/MODEL, then {DEPTH_PNG} and {DEPTH_MD} across depth",
+  )
   parser.add_argument("--train_split", default="train[:5000]")
   parser.add_argument("--eval_split", default="test[:1000]")
   parser.add_argument("--batch_size", type=int, default=128)
@@ -314,13 +415,38 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
   if args.steps < 1 or args.every < 1:
     parser.error("--steps and --every must be >= 1")
 
-  runs_dir = args.runs_dir or args.outdir / "runs"
+  models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else []
+  if not models:
+    return report_model(args, args.model, args.outdir, args.runs_dir or args.outdir / "runs")[1]
+  by_model, written = {}, []
+  for model in models:
+    runs_dir = (args.runs_dir or args.outdir / "runs") / model
+    by_model[model], paths = report_model(args, model, args.outdir / model, runs_dir)
+    written += paths
+  title = (
+    f"{', '.join(models)} on cifar10 {args.train_split}, batch {args.batch_size}, adam lr 1e-3 "
+    f"(cosine), {args.steps} steps, seed {args.seed}; the last logged step"
+  )
+  written.append(plot_depth(by_model, args.outdir / DEPTH_PNG, title))
+  md = args.outdir / DEPTH_MD
+  md.write_text(f"# Gradient overlap across depth\n\n{title}.\n\n" + depth_table(by_model))
+  written.append(md)
+  print(depth_table(by_model))
+  for path in written[-2:]:
+    print(f"wrote {path}")
+  return written
+
+
+def report_model(
+  args: argparse.Namespace, model: str, outdir: Path, runs_dir: Path
+) -> tuple[dict[str, list[dict]], list[Path]]:
+  """Trains (or re-reads) the runs of one model and writes its two figures into ``outdir``."""
   runs, evals = {}, {}
   for name in RUNS:
     workdir = runs_dir / name
     try:
       if not args.plot_only:
-        train_and_evaluate(make_config(args, name), str(workdir))
+        train_and_evaluate(make_config(args, name, model), str(workdir))
       runs[name] = load_diagnostics(workdir)
     except (ValueError, FileNotFoundError) as e:
       raise SystemExit(f"overlap_report: error: {e}") from None
@@ -330,18 +456,20 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
 
   title = run_title(runs_dir / RUNS[0])
   written = [
-    plot_gradient_scale(runs, args.outdir / SCALE_PNG, title),
-    plot_overlap_split(runs, args.outdir / SPLIT_PNG, title),
+    plot_gradient_scale(runs, outdir / SCALE_PNG, title),
+    plot_overlap_split(runs, outdir / SPLIT_PNG, title),
   ]
   for name in RUNS:
     last = evals[name][-1] if evals[name] else {}
     acc, loss = last.get("eval_accuracy", math.nan), last.get("train_loss", math.nan)
-    print(f"{name:6s} after {last.get('step')} steps: eval acc {acc:.4f}, train loss {loss:.4f}")
+    print(
+      f"{model} {name:6s} after {last.get('step')} steps: eval acc {acc:.4f}, train loss {loss:.4f}"
+    )
   for line in summarize(runs):
-    print(line)
+    print(f"{model} {line}")
   for path in written:
     print(f"wrote {path}")
-  return written
+  return runs, written
 
 
 if __name__ == "__main__":

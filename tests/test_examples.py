@@ -303,3 +303,31 @@ def test_overlap_report_without_diagnostics_is_a_clear_error(ovr, tmp_path):
     _write_workdir(tmp_path / "runs" / name, [_record(10)])
   with pytest.raises(SystemExit, match="no diagnostics lines"):
     ovr.main(["--outdir", str(tmp_path), "--plot_only"])
+
+
+def test_overlap_numbers_by_hand(ovr):
+  record = _diag_record(20, "znorm", n_blocks=4)
+  n = ovr.overlap_numbers(record)
+  # total_norm 0.12 / (i + 1): first / last = 4; branch 0.05 * 1.2 over skip 0.1 / (i + 1)
+  assert n["input_grad_growth"] == pytest.approx(4.0)
+  assert n["branch_skip_median"] == pytest.approx(0.06 / (0.1 / 3))  # the 3rd of 4 ratios
+  assert n["cosine_mean"] == pytest.approx(0.0) and n["cosine_max"] == pytest.approx(0.12)
+  stds = [record["layers"][p]["grad_std"] for p in ovr.kernel_paths(record)]
+  assert (
+    n["grad_std_spread"] == pytest.approx(max(stds) / min(stds)) and n["update_std_spread"] == 1
+  )
+
+
+def test_overlap_report_across_depths_plot_only(ovr, tmp_path, capsys):
+  for model, blocks in (("resnet20", 4), ("resnet56", 8)):
+    for name in ("none", "znorm"):
+      records = [_diag_record(1, name, blocks), _diag_record(20, name, blocks), _record(20)]
+      _write_workdir(tmp_path / "runs" / model / name, records)
+  written = ovr.main(["--outdir", str(tmp_path), "--models", "resnet20,resnet56", "--plot_only"])
+  assert written[-2:] == [tmp_path / ovr.DEPTH_PNG, tmp_path / ovr.DEPTH_MD]
+  _assert_png(written[-2])
+  _assert_png(tmp_path / "resnet56" / ovr.SCALE_PNG)
+  table = written[-1].read_text()
+  assert "| resnet56 | Adam + ZNorm | 20 | 8 | 8 |" in table  # growth 0.12 / (0.12 / 8)
+  with pytest.raises(ValueError, match="no depth in its name"):
+    ovr.model_depth("wide_resnet")
