@@ -77,7 +77,7 @@ from trainer import plan as plan_lib
 from trainer.metrics import append_record
 from trainer.optimizers import create_optimizer
 from trainer.state import DTYPES, create_model, create_train_state
-from trainer.steps import make_steps
+from trainer.steps import config_steps
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE_SHAPE = (32, 32, 3)
@@ -632,16 +632,7 @@ def build_step(ctx: Context, combo: Combo, grad_transform: str = "znorm"):
   start = time.perf_counter()
   state = ip.replicate(create_train_state(config, model, tx, IMAGE_SHAPE), devices)
   init_s = time.perf_counter() - start
-  fns = make_steps(
-    model,
-    tx,
-    spec,
-    seed=config.seed,
-    dtype=DTYPES[config.dtype],
-    augment=config.augment,
-    devices=devices,
-    unroll=combo.unroll,
-  )
+  fns = config_steps(config, model, tx, devices, unroll=combo.unroll)
   data, n, k = ctx.train_data, ctx.train_data[1].shape[1], combo.k
   indices = [
     ip.shard(ip.dispatch_indices(0, i * k, k, n, combo.batch, len(devices)), devices)

@@ -34,7 +34,7 @@ from trainer.loop import train_and_evaluate
 from trainer.metrics import read_metrics
 from trainer.optimizers import create_optimizer
 from trainer.state import DTYPES, create_model, create_train_state
-from trainer.steps import make_steps
+from trainer.steps import config_steps
 
 
 def make_config(args, steps_per_dispatch: int) -> ml_collections.ConfigDict:
@@ -56,15 +56,7 @@ def bare_step_rate(config, images, labels, steps: int) -> tuple[float, float, fl
   model = create_model(config, spec.num_classes)
   tx = create_optimizer(config, steps).tx
   state = ip.replicate(create_train_state(config, model, tx, images.shape[1:]), devices)
-  fns = make_steps(
-    model,
-    tx,
-    spec,
-    seed=config.seed,
-    dtype=DTYPES[config.dtype],
-    augment=config.augment,
-    devices=devices,
-  )
+  fns = config_steps(config, model, tx, devices)
   k = config.steps_per_dispatch
   data = ip.replicate((images, labels), devices)
   batch_indices = [

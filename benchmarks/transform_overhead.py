@@ -42,10 +42,9 @@ import models
 import znorm_optax as zo
 from configs import default
 from trainer import input_pipeline as ip
-from trainer.datasets import DATASETS
 from trainer.optimizers import create_optimizer
 from trainer.state import create_model, create_train_state
-from trainer.steps import make_steps
+from trainer.steps import config_steps
 
 
 def per_leaf(fn) -> optax.GradientTransformation:
@@ -145,9 +144,7 @@ def step_candidates(batch: int):
     config.batch_size, config.grad_transform = batch, name
     model = create_model(config, 10)
     tx = create_optimizer(config, 1000).tx
-    fns = make_steps(
-      model, tx, DATASETS["cifar10"], seed=0, dtype=jnp.float32, augment=True, devices=devices
-    )
+    fns = config_steps(config, model, tx, devices)
     holder = {
       "state": ip.replicate(create_train_state(config, model, tx, (32, 32, 3)), devices),
       "i": 0,

@@ -1,11 +1,20 @@
-"""Test configuration: four fake CPU devices, set before JAX is imported anywhere."""
+"""Test configuration: four fake CPU devices, set before JAX is imported anywhere, and a
+persistent compilation cache for this session: every in-process run builds its steps anew (new
+function objects), so without it each run compiles the same programs again (measured: the
+reliability tests take 81 s without it, 44 s with it)."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
   os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jax_cache_")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 # Keep TensorFlow (imported by tfds) off the fake devices and quiet.
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 

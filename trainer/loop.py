@@ -24,7 +24,7 @@ from trainer.metrics import MetricsWriter
 from trainer.optimizers import Optimizer, create_optimizer
 from trainer.plan import RunPlan, local_devices, validate_config
 from trainer.state import DTYPES, TrainState, create_model, create_train_state
-from trainer.steps import Steps, make_steps
+from trainer.steps import Steps, config_steps
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
@@ -72,15 +72,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     train_metrics = TrainMetrics(train_sums, plan, optimizer, writer)
 
     dtype = DTYPES[config.dtype]
-    steps = make_steps(
-      model,
-      optimizer.tx,
-      spec,
-      seed=config.seed,
-      dtype=dtype,
-      augment=config.augment,
-      devices=devices,
-    )
+    steps = config_steps(config, model, optimizer.tx, devices)
     train_data = ip.replicate((train_images, train_labels), devices)
     eval_data = ip.eval_batches(eval_images, eval_labels, plan.eval_batch_size, devices)
     measure = None

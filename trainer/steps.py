@@ -6,7 +6,8 @@ collectives, so they map with `jax.shard_map` as well).
   device-resident split by index: one dispatch per K steps.
 * `eval_step`: loss and accuracy sums of one batch of the device-resident eval split (padding
   masked out); `Steps.evaluate` sums them over the split.
-* `make_steps`: the pmapped functions the loop and the benchmarks call.
+* `make_steps`: the pmapped functions; `config_steps`: those of a run's config, as the loop and
+  the benchmarks call them.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import optax
 from jax import lax
 
 from trainer import input_pipeline as ip
-from trainer.datasets import DatasetSpec
-from trainer.state import TrainState
+from trainer.datasets import DATASETS, DatasetSpec
+from trainer.state import DTYPES, TrainState
 
 AXIS_NAME = ip.AXIS_NAME
 
@@ -198,3 +199,17 @@ def make_steps(
     devices=ip.pmap_devices(devices),
   )
   return Steps(train=train, eval_step=eval_fn)
+
+
+def config_steps(config, model, tx: optax.GradientTransformation, devices, unroll=None) -> Steps:
+  """`make_steps` with the dataset, seed, dtype and augmentation of ``config``."""
+  return make_steps(
+    model,
+    tx,
+    DATASETS[config.dataset],
+    seed=config.seed,
+    dtype=DTYPES[config.dtype],
+    augment=config.augment,
+    devices=devices,
+    unroll=unroll,
+  )
