@@ -1,7 +1,8 @@
 """Several hosts, on one machine: `train.py --distributed` in 2 processes of 2 CPU devices each
 (JAX's distributed runtime on localhost, Gloo collectives) trains the model of 1 process with 4
 devices; only process 0 writes metrics; both save and restore the checkpoints, a preemption
-notice to one process stops both at the same step, and killing both resumes exactly.
+notice (here: Ctrl-C) to one process stops both at the same step, and killing both resumes
+exactly.
 """
 
 import json
@@ -90,7 +91,8 @@ def wait_for_checkpoint_after(workdir, step: int, procs, timeout=240) -> int:
 @pytest.fixture(scope="module")
 def jobs(tmp_path_factory):
   """``one``: 1 process x 4 devices, in this process. ``two``: the 2-process job, uninterrupted.
-  ``resumed``: the 2-process job given a SIGTERM (to process 1 only) after its first checkpoint,
+  ``resumed``: the 2-process job given a Ctrl-C (SIGINT to process 1 only, which turns it into
+  the SIGTERM of a preemption notice) after its first checkpoint,
   re-run and SIGKILLed (both processes) after its next checkpoint, then re-run to the end."""
   base = tmp_path_factory.mktemp("multihost")
   env = {
@@ -104,7 +106,7 @@ def jobs(tmp_path_factory):
   workdir = base / "resumed"
   procs = start(workdir, env)
   first = wait_for_checkpoint_after(workdir, 0, procs)
-  procs[1].send_signal(signal.SIGTERM)  # a preemption notice reaching one host
+  procs[1].send_signal(signal.SIGINT)  # Ctrl-C in one process: a preemption notice to all
   logs["term"] = finish(procs)
   stopped = max(finalized_steps(workdir))
   stopped_checkpoint_verifies = checkpoints.verify(str(workdir), stopped)
@@ -160,12 +162,16 @@ def test_only_process_0_writes_metrics(jobs):
   assert "step 12/12" not in p1 and "Done" not in p1
 
 
-def test_a_preemption_notice_to_one_process_stops_both_at_one_step(jobs):
+def test_ctrl_c_in_one_process_stops_both_at_one_step_with_a_checkpoint(jobs):
+  """Ctrl-C sends the process a SIGTERM, JAX's preemption notice: every process learns of it and
+  all stop after the same dispatch; process 1 exits 130 as after Ctrl-C, process 0 as after a
+  preemption."""
   term = jobs["logs"]["term"]
-  assert [log["rc"] for log in term] == [0, 0], term[1]["stderr"][-3000:]
+  assert [log["rc"] for log in term] == [0, 130], term[1]["stderr"][-3000:]
   stopped = jobs["stopped"]
   assert jobs["first"] <= stopped < 12, "the job ended before the notice arrived"
   assert f"SIGTERM: stopped at step {stopped} (checkpoint at step {stopped})" in term[0]["stdout"]
+  assert f"Ctrl-C: stopped at step {stopped} with a checkpoint" in term[1]["stderr"]
   assert jobs["stopped_checkpoint_verifies"]
 
 
