@@ -129,7 +129,7 @@ def depth_trend(records: Sequence[dict], field: str, baseline: str = "adam") -> 
     return None
   fit = stats.linregress(xs, ys)
   ci = t_critical(len(xs) - 2) * fit.stderr
-  return {"n": len(xs), "slope": fit.slope, "ci": ci, "p": fit.pvalue}
+  return {"n": len(xs), "depths": len(set(xs)), "slope": fit.slope, "ci": ci, "p": fit.pvalue}
 
 
 def _interval(d: dict) -> str:
@@ -198,7 +198,7 @@ def render_markdown(records: Sequence[dict], preset) -> str:
       lines.append(
         f"- {label}: {slope:+.2f} pp per doubling of depth, 95% interval [{slope - ci:+.2f}, "
         f"{slope + ci:+.2f}], p = {trend['p']:.3f} (least squares of the {trend['n']} per-seed "
-        "gains over adam on log2 depth)."
+        f"gains over adam at {trend['depths']} depths on log2 depth; not in the Holm family)."
       )
   lines += ["", "## Reading (automatic, Holm-corrected)", "", *_reading(records, table)]
   lines += ["", "## Missing runs", "", _missing(records)]
@@ -216,6 +216,8 @@ def _reading(records, table) -> list[str]:
     trend = depth_trend(records, field)
     if trend:
       verdict = _verdict({"mean": trend["slope"], "ci": trend["ci"], "p": trend["p"]}, "p")
+      if trend["depths"] < len(DEPTHS):
+        verdict = f"cannot decide yet ({trend['depths']} of {len(DEPTHS)} depths recorded)"
       out.append(f"- ZNorm's gain on the {label} grows with depth: {verdict}.")
   return out or ["Not enough runs yet."]
 

@@ -435,3 +435,14 @@ def test_depth_report_states_the_endpoints_and_the_verdicts(tmp_path):
   assert "primary, the final test accuracy" in md and paths[1].stat().st_size > 0
   assert "ZNorm beats adam at resnet110 on the final test accuracy: supported" in md
   assert "resnet56 adam_lr2e-3 seeds 0,1,2" in md  # the controls are still missing
+
+
+def test_the_depth_trend_is_not_judged_before_every_depth_is_recorded():
+  recs = [
+    record(model, method, seed, 0.40 + (0.01 * seed if method == "znorm" else 0))
+    for model in ("resnet20", "resnet56")
+    for method in ("adam", "znorm")
+    for seed in ds.SEEDS
+  ]
+  md = ds.render_markdown(recs, CPU)
+  assert "grows with depth: cannot decide yet (2 of 3 depths recorded)" in md
