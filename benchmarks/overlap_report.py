@@ -47,7 +47,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, NullFormatter, NullLocator
 
 from benchmarks.study_report import plt, save_figure
 from configs import default
@@ -284,7 +284,7 @@ DEPTH_PANELS = (
   ("input_grad_growth", "|dL/dx| first block / last block", True),
   ("branch_skip_median", "branch / skip norm (median block)", True),
   ("cosine_mean", "skip-branch cosine (mean, range)", False),
-  ("grad_std_spread", "kernel std spread max/min (raw: solid, update: dotted)", True),
+  ("grad_std_spread", "kernel std max/min (update: dotted)", True),
 )
 
 
@@ -333,8 +333,10 @@ def plot_depth(
     if log:
       ax.set_yscale("log")
       _plain_log_ticks(ax)
+      if key == "grad_std_spread":  # decades apart: label the decades only
+        ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xscale("log", base=2)
-    ax.minorticks_off()
+    ax.xaxis.set_minor_locator(NullLocator())  # depths as ticks, not powers of 2
     ax.set_xticks(sorted(depths.values()), [str(d) for d in sorted(depths.values())])
     ax.set(title=label, xlabel="depth")
     ax.grid(alpha=0.3)
