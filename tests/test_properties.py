@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -119,12 +120,13 @@ def test_znorm_invariants(tree):
     if g.size == 1:
       chex.assert_trees_all_equal(z, g)
       continue
-    # Descent direction: Re<g, z> = n * std(g) >= 0.
-    assert np.real(np.vdot(g64 / np.abs(g64).max(initial=1.0), z64)) >= -1e-6
     if std(g64) == 0:
       chex.assert_trees_all_equal(z, jnp.zeros_like(g))
     elif std(g64) > 1e-2 * np.abs(g64).max():  # Well-conditioned in float32.
       np.testing.assert_allclose([abs(z64.mean()), z64.std()], [0.0, 1.0], atol=1e-4)
+      # Descent direction: Re<g, z> = n * std(g) > 0. (A near-constant float32 tensor's mean
+      # is rounded by more than its spread, so there the sign is not defined by float32.)
+      assert np.real(np.vdot(g64, z64)) == pytest.approx(g.size * std(g64), rel=1e-3)
 
 
 def test_empty_pytrees():
