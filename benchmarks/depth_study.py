@@ -88,8 +88,8 @@ def planned_groups(records: Sequence[dict]) -> list[tuple[str, tuple[str, ...], 
 def comparisons(records: Sequence[dict]) -> list[tuple[str, str, str]]:
   """``(model, method, baseline)`` of every comparison made (the Holm family)."""
   out = [(m, "znorm", "adam") for m in DEPTHS]
+  control = best_control(records)
   for model in ("resnet56", "resnet110"):
-    control = best_control(records)
     if control and any(r["model"] == model and r["method"] == control for r in records):
       out.append((model, "znorm", control))
   out += [(m, peer, "adam") for m in ("resnet20", "resnet56") for peer in PEERS]
