@@ -46,25 +46,12 @@ from benchmarks.study_report import (
   run_key,
   write_report,
 )
+from trainer import workdir as workdir_lib
 from trainer.loop import train_and_evaluate
 from trainer.metrics import append_record, column, read_metrics, read_records
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESETS = ("cpu", "gpu", "test")  # configs/study_{name}.py
-# Config fields that must agree with an existing workdir's config.json before resuming in it.
-RESUME_FIELDS = (
-  "model",
-  "model_widths",
-  "num_epochs",
-  "train_split",
-  "eval_split",
-  "batch_size",
-  "learning_rate",
-  "schedule",
-  "grad_transform",
-  "grad_transform_params",
-  "seed",
-)
 # Config fields copied into each record (the report describes the methods from them).
 RECORDED_CONFIG = (
   "optimizer",
@@ -128,19 +115,16 @@ def workdir_for(root: str | os.PathLike, budget: str, model: str, method: str, s
 
 
 def _check_workdir(workdir: Path, config) -> None:
-  """Refuses to resume in a workdir whose run had another config (e.g. another preset)."""
-  path = workdir / "config.json"
-  if not path.is_file():
-    return
-  old = json.loads(path.read_text())
-  new = json.loads(config.to_json())
-  diff = [f for f in RESUME_FIELDS if f in old and old.get(f) != new.get(f)]
-  if diff:
-    raise SystemExit(
-      f"paper_study: error: {workdir} holds a run with other "
-      + ", ".join(f"{f}={old[f]!r} (now {new[f]!r})" for f in diff)
-      + "; delete that workdir or choose another --workdir_root"
-    )
+  """Refuses to resume in a workdir whose run had another config (e.g. another preset); unlike
+  the trainer, also another evaluation split, since a record's accuracies must share one."""
+  message = workdir_lib.refusal(
+    str(workdir),
+    workdir_lib.config_changes(str(workdir), config),
+    resumable=workdir_lib.RESUMABLE_CHANGES - {"eval_split"},
+    fix="delete that workdir or choose another --workdir_root",
+  )
+  if message:
+    raise SystemExit(f"paper_study: error: {message}")
 
 
 def _has_checkpoint(workdir: Path) -> bool:

@@ -315,7 +315,7 @@ def test_workdir_of_another_preset_is_refused(tmp_path):
   (tmp_path / "res" / "paper_study.jsonl").unlink()
   other = ps.load_preset("cpu")
   other.epochs = 9
-  with pytest.raises(SystemExit, match="num_epochs=4 \\(now 9\\)"):
+  with pytest.raises(SystemExit, match="num_epochs 4 -> 9; delete that workdir"):
     ps.run_study(other, trainer=StubTrainer(), **kwargs)
 
 

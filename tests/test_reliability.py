@@ -109,6 +109,16 @@ def test_a_trajectory_change_stops_before_touching_the_workdir(copy, overrides, 
   assert tree_digest(copy) == before
 
 
+def test_a_long_refusal_is_cut_to_one_line_keeping_the_fix():
+  changes = {f"field_{i:02d}": (i, i + 1) for i in range(40)}
+  changes["eval_every_steps"] = (4, 2)
+  message = workdir_lib.refusal("/w", changes, fix="do this")
+  assert len(message) <= 300 and "\n" not in message, message
+  assert message.startswith("/w holds a run with other settings: field_00 0 -> 1, ")
+  assert message.endswith(", ...; do this") and "eval_every_steps" not in message
+  assert workdir_lib.refusal("/w", {"eval_every_steps": (4, 2)}) is None
+
+
 def test_a_change_of_cadence_is_allowed_and_recorded(copy, reference):
   state = run(copy, eval_every_steps=2, num_train_steps=8)
   assert_same_final(state, reference)

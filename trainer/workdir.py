@@ -119,28 +119,45 @@ def changed_fields(old: dict, new: dict) -> dict[str, tuple]:
   }
 
 
+def config_changes(workdir: str, config: ml_collections.ConfigDict) -> dict[str, tuple]:
+  """``{field: (old, new)}`` between the workdir's config.json ({} if none) and ``config``."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    old = json.load(f)
+  return changed_fields(old, json.loads(config.to_json()))
+
+
+def refusal(
+  workdir: str,
+  changes: dict[str, tuple],
+  resumable: frozenset[str] = RESUMABLE_CHANGES,
+  fix: str = "start it in a new --workdir (or restore config.json's values)",
+) -> str | None:
+  """One line of at most 300 characters naming each change outside ``resumable`` with its old
+  and new value, and ``fix``; None if every change is resumable."""
+  refused = {k: v for k, v in changes.items() if k.split(".")[0] not in resumable}
+  if not refused:
+    return None
+  listed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in refused.items())
+  head = f"{workdir} holds a run with other settings: "
+  room = 300 - len(head) - len(fix) - 2
+  if len(listed) > room:
+    listed = listed[: room - 5].rsplit(", ", 1)[0] + ", ..."
+  return f"{head}{listed}; {fix}"
+
+
 def check_config(workdir: str, config: ml_collections.ConfigDict, step: int) -> None:
   """Compares ``config`` with the workdir's config.json (if any) before a resume.
 
   Raises:
-    ConfigChangedError: a trajectory-relevant field changed: one line of at most 300
-      characters naming each field with its old and new value, and the fix.
+    ConfigChangedError: a trajectory-relevant field changed (the `refusal` line).
   """
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    old = json.load(f)
-  changes = changed_fields(old, json.loads(config.to_json()))
-  refused = {k: v for k, v in changes.items() if k.split(".")[0] not in RESUMABLE_CHANGES}
-  if refused:
-    listed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in refused.items())
-    fix = "; start it in a new --workdir (or restore config.json's values)"
-    head = f"{workdir} holds a run with other settings: "
-    room = 300 - len(head) - len(fix)
-    if len(listed) > room:
-      listed = listed[: room - 5].rsplit(", ", 1)[0] + ", ..."
-    raise ConfigChangedError(head + listed + fix)
+  changes = config_changes(workdir, config)
+  message = refusal(workdir, changes)
+  if message:
+    raise ConfigChangedError(message)
   if changes and jax.process_index() == 0:
     append_record(
       os.path.join(workdir, CONFIG_CHANGES_FILE),
