@@ -22,6 +22,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import default
+from tests.test_train import subprocess_env
 from trainer import checkpoints, metrics, optimizers, state
 from trainer import workdir as workdir_lib
 from trainer.errors import CheckpointError, DivergedError, TrainerError, WorkdirError
@@ -343,14 +344,7 @@ def test_sigkill_at_many_moments_then_the_run_ends_as_an_uninterrupted_one(tmp_p
   checkpoint and metrics writes), each time re-run from what is on disk: the last run ends
   bit-identical to the uninterrupted one, with one metrics line per evaluation."""
   workdir = tmp_path / "work"
-  env = {
-    **os.environ,
-    "PYTHONPATH": ROOT,
-    "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "cache"),
-    "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-    "JAX_PLATFORMS": "cpu",
-    "TF_CPP_MIN_LOG_LEVEL": "3",
-  }
+  env = subprocess_env(tmp_path / "cache")
   killed = []
   for what, seconds in MOMENTS:
     proc = subprocess.Popen(
