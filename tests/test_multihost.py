@@ -85,7 +85,13 @@ def wait_for_checkpoint_after(workdir, step: int, procs, timeout=240) -> int:
     if done and checkpoints.verify(str(workdir), done[0]):  # committed and checksummed
       return done[0]
     time.sleep(0.02)
-  raise AssertionError(f"no checkpoint after step {step} in {workdir}")
+  exited = [(i, p.returncode) for i, p in enumerate(procs) if p.poll() is not None]
+  if exited:  # one process died: the other waits for it in a collective, so stop both
+    for p in procs:
+      p.kill()
+    tail = procs[exited[0][0]].communicate()[1][-2000:]
+    raise AssertionError(f"(process, exit code) {exited} before a checkpoint after {step}: {tail}")
+  raise AssertionError(f"no checkpoint after step {step} in {workdir} within {timeout} s")
 
 
 @pytest.fixture(scope="module")
