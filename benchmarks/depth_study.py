@@ -216,8 +216,9 @@ def _reading(records, table) -> list[str]:
     trend = depth_trend(records, field)
     if trend:
       verdict = _verdict({"mean": trend["slope"], "ci": trend["ci"], "p": trend["p"]}, "p")
-      if trend["depths"] < len(DEPTHS):
-        verdict = f"cannot decide yet ({trend['depths']} of {len(DEPTHS)} depths recorded)"
+      planned = len(DEPTHS) * len(SEEDS)
+      if trend["n"] < planned:  # judged once, on the planned runs, not on each interim look
+        verdict = f"cannot decide yet ({trend['n']} of {planned} paired seeds recorded)"
       out.append(f"- ZNorm's gain on the {label} grows with depth: {verdict}.")
   return out or ["Not enough runs yet."]
 

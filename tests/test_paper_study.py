@@ -434,15 +434,25 @@ def test_depth_report_states_the_endpoints_and_the_verdicts(tmp_path):
   md = paths[0].read_text()
   assert "primary, the final test accuracy" in md and paths[1].stat().st_size > 0
   assert "ZNorm beats adam at resnet110 on the final test accuracy: supported" in md
+  assert "the final test accuracy grows with depth: cannot decide." in md  # the same gain
   assert "resnet56 adam_lr2e-3 seeds 0,1,2" in md  # the controls are still missing
 
 
-def test_the_depth_trend_is_not_judged_before_every_depth_is_recorded():
+def test_the_depth_trend_is_not_judged_before_every_planned_run_is_recorded():
   recs = [
-    record(model, method, seed, 0.40 + (0.01 * seed if method == "znorm" else 0))
+    record(model, method, seed, 0.40 + (0.002 * seed if method == "znorm" else 0))
     for model in ("resnet20", "resnet56")
     for method in ("adam", "znorm")
     for seed in ds.SEEDS
   ]
   md = ds.render_markdown(recs, CPU)
-  assert "grows with depth: cannot decide yet (2 of 3 depths recorded)" in md
+  assert "grows with depth: cannot decide yet (10 of 15 paired seeds recorded)" in md
+  # Two seeds at the third depth make the slope steep and "significant": still not judged.
+  recs += [
+    record("resnet110", m, s, 0.40 + 0.2 * (m == "znorm"))
+    for m in ("adam", "znorm")
+    for s in (0, 1)
+  ]
+  assert ds.depth_trend(recs, "final_accuracy")["p"] < 0.05
+  md = ds.render_markdown(recs, CPU)
+  assert "grows with depth: cannot decide yet (12 of 15 paired seeds recorded)" in md
