@@ -200,6 +200,18 @@ def render_markdown(records: Sequence[dict], preset) -> str:
         f"{slope + ci:+.2f}], p = {trend['p']:.3f} (least squares of the {trend['n']} per-seed "
         f"gains over adam at {trend['depths']} depths on log2 depth; not in the Holm family)."
       )
+  lines += [
+    "",
+    "## A larger learning rate alone (descriptive: outside the Holm family)",
+    "",
+    "| model | comparison | n | Δ final (pp) | Δ mean per-epoch (pp) |",
+    "|---|---|---:|---:|---:|",
+  ]
+  for model in DEPTHS:
+    for method in LR_CONTROLS:
+      a, b = (paired_difference(records, model, method, "adam", f) for f in ENDPOINTS)
+      if a is not None:
+        lines.append(f"| {model} | {method} - adam | {a['n']} | {_interval(a)} | {_interval(b)} |")
   lines += ["", "## Reading (automatic, Holm-corrected)", "", *_reading(records, table)]
   lines += ["", "## Missing runs", "", _missing(records)]
   return "\n".join(lines) + "\n"

@@ -407,6 +407,11 @@ def test_the_resnet110_control_is_the_better_larger_learning_rate_once_both_are_
   assert ds.best_control(recs) == "adam_lr4e-3"
   assert ds.planned_groups(recs)[-1] == ("resnet110", ("adam_lr4e-3",), (0, 1, 2))
   assert ("resnet56", "znorm", "adam_lr4e-3") in ds.comparisons(recs)
+  # Each control against Adam at 1e-3 is described (paired by seed), not tested: gains of 2, 3
+  # and 4 pp give a mean of 3 and a 95% t interval of 3 +- t(0.975, 2) / sqrt(3) = 3 +- 2.48.
+  recs += [record("resnet56", "adam", s, 0.43 - 0.01 * s) for s in range(3)]
+  md = ds.render_markdown(recs, CPU)
+  assert "| resnet56 | adam_lr2e-3 - adam | 3 | +3.00 [+0.52, +5.48] |" in md
 
 
 def test_learning_rate_variants_train_the_base_method_at_their_rate():
@@ -435,6 +440,7 @@ def test_depth_report_states_the_endpoints_and_the_verdicts(tmp_path):
   assert "primary, the final test accuracy" in md and paths[1].stat().st_size > 0
   assert "ZNorm beats adam at resnet110 on the final test accuracy: supported" in md
   assert "the final test accuracy grows with depth: cannot decide." in md  # the same gain
+  assert "adam_lr4e-3 - adam" not in md  # no control run, no row
   assert "resnet56 adam_lr2e-3 seeds 0,1,2" in md  # the controls are still missing
 
 
