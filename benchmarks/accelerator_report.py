@@ -61,7 +61,7 @@ def render_markdown(data: dict) -> str:
     ("platform", "1. Platform", _md_platform),
     ("throughput", "2. Throughput", _md_throughput),
     ("overhead", "3. Optimizer update overhead", _md_overhead),
-    ("study", "4. Study: ResNet-20 on CIFAR-10", _md_study),
+    ("study", "4. Study on CIFAR-10", _md_study),
   ):
     lines += [f"## {title}", ""]
     if name in sections:
@@ -175,6 +175,7 @@ def _md_study(s: dict) -> list[str]:
   lines += table(
     runs,
     [
+      ("model", "model"),
       ("method", "method"),
       ("seed", "seed"),
       ("epochs", "epochs"),
@@ -184,11 +185,21 @@ def _md_study(s: dict) -> list[str]:
       ("wall s", "wall_time_s"),
     ],
   )
-  by_method: dict = {}
+  groups: dict = {}
   for r in runs:
-    by_method.setdefault(r["method"], []).append(r["final_accuracy"])
-  means = [{"method": m, "runs": len(v), "mean": float(np.mean(v))} for m, v in by_method.items()]
+    groups.setdefault((r["model"], r["method"]), []).append(r)
+  means = [
+    {
+      "model": model,
+      "method": method,
+      "runs": len(rs),
+      "mean": float(np.mean([r["final_accuracy"] for r in rs])),
+      "auc": float(np.mean([np.mean(r["epoch_accuracies"]) for r in rs])),
+    }
+    for (model, method), rs in groups.items()
+  ]
   if means:
-    lines += ["Mean final test accuracy per method:", ""]
-    lines += table(means, [("method", "method"), ("runs", "runs"), ("mean final acc", "mean")])
+    lines += ["Mean per model and method (auc: the mean of the per-epoch test accuracies):", ""]
+    columns = [("model", "model"), ("method", "method"), ("runs", "runs")]
+    lines += table(means, columns + [("mean final acc", "mean"), ("mean auc", "auc")])
   return lines

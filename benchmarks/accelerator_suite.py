@@ -5,6 +5,7 @@ Run from the project root (see benchmarks/README.md for a fresh accelerator mach
 
   python -m benchmarks.accelerator_suite --data_dir DIR_WITH_CIFAR10 --minutes 8
   python -m benchmarks.accelerator_suite --smoke --out /tmp/smoke --data_dir ../shared/data/tfds
+  python -m benchmarks.accelerator_suite --data_dir DIR_WITH_CIFAR10 --minutes 8 --study depth
 
 It writes ``OUT/summary.json`` (machine-readable) and ``OUT/summary.md`` (tables), both
 rewritten after every measurement, so a killed run keeps what it measured; the study's runs
@@ -27,6 +28,12 @@ defaults to ``benchmarks/results/accelerator/<device>-<date>/``. Sections, in or
    (configs/paper_*.py via `benchmarks.paper_study.run_one`), seeds 0 and 1, as many epochs as
    the remaining time allows (estimated from the measured throughput and compile times),
    evaluated on the full test set.
+
+``--study depth`` (issue 13's depth study at the paper's budget) runs 1, then 2 measuring only
+ResNet-20's bare step, loop and none vs znorm (what sizes the study), then the study: adam and
+znorm, seed 0, at ResNet-20, -110 and -56 (in that order), full train split, one epoch count for
+all six runs, as many as fit (ResNet-20's measured epoch time scaled by depth); when time is
+short the middle depth goes first.
 
 Time: each section gets a box cut from the time left (`SECTIONS`); before each measurement the
 suite estimates its cost from what it has measured so far (compile, initialization, timing)
@@ -97,7 +104,10 @@ VIT_B16 = dict(width=768, depth=12, mlp=3072, patch=16, tokens=197, classes=1000
 VIT_TINY = dict(width=32, depth=1, mlp=64, patch=4, tokens=17, classes=10)
 OVERHEAD_VARIANTS = ("adam", "floor", "znorm+adam", "naive_znorm+adam")
 STUDY_ORDER = ("adam", "znorm", "centralize", "clip")  # within a seed: the key pair first
-MODEL_COST = {"resnet56": 3.0}  # compile/init time relative to resnet20 (27 vs 9 blocks)
+DEPTH_METHODS = ("adam", "znorm")  # the depth study's pair, at every depth
+# Compile, init and step time relative to resnet20: residual blocks (9, 15, 27, 54), the
+# stem and head aside.
+MODEL_COST = {"resnet32": 15 / 9, "resnet56": 3.0, "resnet110": 6.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +131,9 @@ class Sizes:
   study_k: int | None = None  # steps per dispatch; None: the loop's faster K
   study_epochs: tuple = (3, 200)  # (fewest worth running with all runs, most)
   study_runs: tuple | None = None  # None: seeds 0, 1 x STUDY_ORDER, as time allows
+  # `--study depth`: the depths in the order they run (the middle one last: it is the first
+  # to go when time runs short, the shallowest and the deepest are the comparison).
+  depth_models: tuple = ("resnet20", "resnet110", "resnet56")
   max_throughput: int | None = None  # measure only the first N planned combinations
   compile_guess_s: float = 30.0  # ResNet-20, one step, before any compile was measured
 
@@ -141,6 +154,7 @@ SMOKE = Sizes(
   study_k=1,
   study_epochs=(2, 2),
   study_runs=(("adam", 0), ("znorm", 1)),
+  depth_models=("resnet20", "resnet32"),
   max_throughput=3,
   compile_guess_s=6.0,
 )
@@ -255,9 +269,16 @@ class Watchdog:
 class Summary:
   """The results so far; `flush` rewrites both files atomically (thread-safe)."""
 
-  def __init__(self, out_dir: Path, header: dict, elapsed: Callable[[], float]):
+  def __init__(
+    self,
+    out_dir: Path,
+    header: dict,
+    elapsed: Callable[[], float],
+    section_names: tuple | None = None,
+  ):
     self.out_dir = Path(out_dir)
     self.elapsed = elapsed
+    self.section_names = section_names or tuple(name for name, _, _ in SECTIONS["methods"])
     self.out_dir.mkdir(parents=True, exist_ok=True)
     self.data = {"header": header, "status": "running", "sections": {}, "skipped": []}
     self.data["errors"] = []
@@ -337,7 +358,7 @@ class Summary:
       for s in self.data["sections"].values():
         if s["status"] == "running":
           s["status"] = "cut off"
-      for name, _, _ in SECTIONS:
+      for name in self.section_names:
         if name not in self.data["sections"]:
           reason = "not reached: the run's deadline came first"
           self.data["skipped"].append({"section": name, "part": "(all)", "reason": reason})
@@ -979,34 +1000,62 @@ def plan_study(ctx: Context, left: float, run_overhead_s: float, epoch_s: float)
   return None
 
 
-def run_study(ctx: Context, box: Box) -> None:
+def plan_depth_study(ctx: Context, left: float, overhead_s: dict, epoch_s: dict):
+  """``(models, epochs)`` for `--study depth`: the longest head of ``sizes.depth_models`` (in
+  run order, so the last one goes first) whose adam and znorm runs (one seed, one epoch count
+  for all) get the preferred epoch count, else the longest that gets one epoch; None if not even
+  the first depth's pair gets one. ``overhead_s`` and ``epoch_s`` hold each model's estimated
+  cost per run and per epoch."""
+  depths = ctx.sizes.depth_models
+  options = [depths[:n] for n in range(len(depths), 0, -1)]
+  few, most = ctx.sizes.study_epochs
+  pairs = len(DEPTH_METHODS)
+  fitted = []
+  for models in options:
+    spare = left - pairs * sum(overhead_s[m] for m in models)
+    fitted.append((models, int(spare // (pairs * sum(epoch_s[m] for m in models)))))
+  for minimum in (few, 1):
+    for models, epochs in fitted:
+      if epochs >= minimum:
+        return list(models), min(epochs, most)
+  return None
+
+
+@dataclasses.dataclass(frozen=True)
+class StudySetting:
+  """What every study run shares, sized from the throughput section."""
+
+  n_train: int
+  n_eval: int
+  steps_per_epoch: int
+  k: int
+  epoch_s: float  # ResNet-20's estimated seconds per epoch
+  basis: str  # the throughput row it is estimated from
+
+
+def study_setting(ctx: Context) -> StudySetting | None:
   sizes = ctx.sizes
   n_train = len(datasets.load_split("cifar10", sizes.train_split, ctx.data_dir)[1])
   n_eval = len(datasets.load_split("cifar10", sizes.eval_split, ctx.data_dir)[1])
   steps_per_epoch = n_train // sizes.study_batch
   k, basis = study_dispatch(ctx, steps_per_epoch)
-  k = sizes.study_k or k
   if basis is None:
-    return ctx.summary.skip("study", "(all)", "no throughput of ResNet-20 to size it from")
+    return None
   rate = basis["images_per_s"] * sizes.study_batch / basis["batch"]
-  epoch_s = (n_train + n_eval / 2) / rate + 1.0  # train, evaluate, write a metrics line
-  model = sizes.models[0]
-  overhead = ctx.est.init_s(model) + 1.5 * ctx.est.compile_s(model, k, ctx.default_unroll) + 5
-  chosen = plan_study(ctx, box.left(), overhead, epoch_s)
-  if chosen is None:
-    need = 2 * (overhead + epoch_s)
-    return ctx.summary.skip("study", "(all)", box.why_not(need) + " for 2 runs of 1 epoch")
-  runs, epochs = chosen
-  description = (
-    f"{len(runs)} runs x {epochs} epochs of {sizes.train_split} ({n_train} images), batch "
-    f"{sizes.study_batch}, K={k} steps per dispatch, evaluated on {sizes.eval_split} ({n_eval}); "
-    f"estimated {overhead:.0f} s per run + {epoch_s:.1f} s per epoch from {basis['kind']} "
-    f"{basis['model']} b{basis['batch']} K={basis['k']}"
+  return StudySetting(
+    n_train,
+    n_eval,
+    steps_per_epoch,
+    sizes.study_k or k,
+    epoch_s=(n_train + n_eval / 2) / rate + 1.0,  # train, evaluate, write a metrics line
+    basis=f"{basis['kind']} {basis['model']} b{basis['batch']} K={basis['k']}",
   )
-  ctx.summary.put(
-    "study", "plan", {"runs": runs, "epochs": epochs, "k": k, "description": description}
-  )
-  preset = ml_collections.ConfigDict(
+
+
+def study_preset(ctx: Context, setting: StudySetting, epochs: int) -> ml_collections.ConfigDict:
+  """The `paper_study` preset of the suite's study runs."""
+  sizes = ctx.sizes
+  return ml_collections.ConfigDict(
     {
       "name": "accelerator" if not ctx.smoke else "accelerator-smoke",
       "epochs": epochs,
@@ -1016,15 +1065,35 @@ def run_study(ctx: Context, box: Box) -> None:
       "learning_rate": 1e-3,
       "schedule": "cosine",
       "overrides": {
-        "steps_per_dispatch": k,
-        "checkpoint_every_steps": epochs * steps_per_epoch,  # once, at the end
+        "steps_per_dispatch": setting.k,
+        "checkpoint_every_steps": epochs * setting.steps_per_epoch,  # once, at the end
         "model_widths": sizes.model_widths,
       },
     }
   )
-  estimate = overhead + epochs * epoch_s
-  for method, seed in runs:
+
+
+def run_overhead_s(ctx: Context, model: str, k: int) -> float:
+  """A study run's cost beyond its epochs: initialization and compiles (train + evaluation)."""
+  return ctx.est.init_s(model) + 1.5 * ctx.est.compile_s(model, k, ctx.default_unroll) + 5
+
+
+def describe_plan(ctx: Context, setting: StudySetting, runs: int, epochs: int, cost: str) -> str:
+  sizes = ctx.sizes
+  return (
+    f"{runs} runs x {epochs} epochs of {sizes.train_split} ({setting.n_train} images), batch "
+    f"{sizes.study_batch}, K={setting.k} steps per dispatch, evaluated on {sizes.eval_split} "
+    f"({setting.n_eval}); estimated {cost} from {setting.basis}"
+  )
+
+
+def train_runs(ctx: Context, box: Box, preset, runs: list, estimates: dict) -> None:
+  """Trains ``runs`` ((model, method, seed) each) in order, each if its estimate (seconds,
+  by model) fits the box; estimates grow with what a run took over its own."""
+  slow = 1.0
+  for model, method, seed in runs:
     part = f"{model} {method} seed {seed}"
+    estimate = slow * estimates[model]
     if not box.fits(estimate):
       ctx.summary.skip("study", part, box.why_not(estimate))
       continue
@@ -1037,19 +1106,75 @@ def run_study(ctx: Context, box: Box) -> None:
       record.pop("workdir", None)
       append_record(ctx.summary.out_dir / "paper_study.jsonl", record)
       ctx.summary.add("study", "runs", record)
-      estimate = max(estimate, 1.1 * record["wall_time_s"])
+      slow = max(slow, 1.1 * record["wall_time_s"] / estimates[model])
+
+
+def run_study(ctx: Context, box: Box) -> None:
+  """ResNet-20, the four methods, seeds 0 and 1 as time allows (`plan_study`)."""
+  setting = study_setting(ctx)
+  if setting is None:
+    return ctx.summary.skip("study", "(all)", "no throughput of ResNet-20 to size it from")
+  model = ctx.sizes.models[0]
+  overhead = run_overhead_s(ctx, model, setting.k)
+  chosen = plan_study(ctx, box.left(), overhead, setting.epoch_s)
+  if chosen is None:
+    need = 2 * (overhead + setting.epoch_s)
+    return ctx.summary.skip("study", "(all)", box.why_not(need) + " for 2 runs of 1 epoch")
+  runs, epochs = chosen
+  cost = f"{overhead:.0f} s per run + {setting.epoch_s:.1f} s per epoch"
+  description = describe_plan(ctx, setting, len(runs), epochs, cost)
+  plan = {"runs": runs, "epochs": epochs, "k": setting.k, "description": description}
+  ctx.summary.put("study", "plan", plan)
+  runs = [(model, method, seed) for method, seed in runs]
+  train_runs(
+    ctx, box, study_preset(ctx, setting, epochs), runs, {model: overhead + epochs * setting.epoch_s}
+  )
+
+
+def run_depth_study(ctx: Context, box: Box) -> None:
+  """`--study depth`: adam and znorm (seed 0) at every depth of ``sizes.depth_models``, one
+  epoch count for all, sized from ResNet-20's throughput scaled by depth (`MODEL_COST`)."""
+  setting = study_setting(ctx)
+  if setting is None:
+    return ctx.summary.skip("study", "(all)", "no throughput of ResNet-20 to size it from")
+  models = ctx.sizes.depth_models
+  overhead = {m: run_overhead_s(ctx, m, setting.k) for m in models}
+  epoch_s = {m: MODEL_COST.get(m, 1.0) * setting.epoch_s for m in models}
+  chosen = plan_depth_study(ctx, box.left(), overhead, epoch_s)
+  if chosen is None:
+    need = len(DEPTH_METHODS) * (overhead[models[0]] + epoch_s[models[0]])
+    return ctx.summary.skip("study", "(all)", box.why_not(need) + " for one pair of 1 epoch")
+  models, epochs = chosen
+  runs = [(m, method, 0) for m in models for method in DEPTH_METHODS]
+  cost = ", ".join(
+    f"{m} {overhead[m]:.0f} s per run + {epoch_s[m]:.1f} s per epoch" for m in models
+  )
+  description = describe_plan(ctx, setting, len(runs), epochs, cost)
+  plan = {"runs": runs, "epochs": epochs, "k": setting.k, "description": description}
+  ctx.summary.put("study", "plan", plan)
+  estimates = {m: overhead[m] + epochs * epoch_s[m] for m in models}
+  train_runs(ctx, box, study_preset(ctx, setting, epochs), runs, estimates)
 
 
 # ----------------------------------------------------------------------------------------------
 # The run
 # ----------------------------------------------------------------------------------------------
 
-SECTIONS = (  # name, share of the time left when the section starts, function
-  ("platform", 0.1, run_platform),
-  ("throughput", 0.45, run_throughput),
-  ("overhead", 0.3, run_overhead),
-  ("study", 1.0, run_study),
-)
+SECTIONS = {  # --study: (name, share of the time left when the section starts, function)
+  "methods": (
+    ("platform", 0.1, run_platform),
+    ("throughput", 0.45, run_throughput),
+    ("overhead", 0.3, run_overhead),
+    ("study", 1.0, run_study),
+  ),
+  # The study first: the throughput section measures only what sizes it (`DEPTH_THROUGHPUT`).
+  "depth": (
+    ("platform", 0.1, run_platform),
+    ("throughput", 0.3, run_throughput),
+    ("study", 1.0, run_depth_study),
+  ),
+}
+DEPTH_THROUGHPUT = 3  # the first combinations: ResNet-20's bare step, loop, none vs znorm
 
 
 @dataclasses.dataclass
@@ -1121,6 +1246,14 @@ def parse_args(argv):
   parser.add_argument("--data_dir", default=None, help="tfds data dir holding cifar10")
   parser.add_argument("--minutes", type=float, default=8.0, help="the whole run's time (8)")
   parser.add_argument("--smoke", action="store_true", help="tiny sizes, ~1 minute on CPU")
+  parser.add_argument(
+    "--study",
+    choices=tuple(SECTIONS),
+    default="methods",
+    help="methods: all four sections, the study is ResNet-20 with the four methods; depth: "
+    "platform, ResNet-20's throughput, then adam vs znorm at ResNet-20/110/56 on the full "
+    "train split (issue 13's depth study at as many epochs as fit)",
+  )
   args = parser.parse_args(argv)
   if not args.minutes > 0:
     parser.error(f"--minutes={args.minutes} must be > 0")
@@ -1146,15 +1279,20 @@ def main(argv=None, *, compilation_cache: bool = False) -> dict:
     "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     "minutes": args.minutes,
     "smoke": args.smoke,
+    "study": args.study,
     "compilation_cache": compilation_cache,
   }
-  summary = Summary(out, header, budget.elapsed)
+  sections = SECTIONS[args.study]
+  summary = Summary(out, header, budget.elapsed, tuple(name for name, _, _ in sections))
   watchdog = Watchdog(summary, budget.hard_end - budget.clock() - 0.5)
   logging.set_verbosity(logging.WARNING)  # orbax and tfds are chatty at INFO
   workroot = tempfile.mkdtemp(prefix="accelerator_suite_")
   if compilation_cache:
     jax.config.update("jax_compilation_cache_dir", os.path.join(workroot, "jax_cache"))
   default_unroll = jax.local_devices()[0].platform == "cpu"
+  plan = throughput_plan(sizes, default_unroll)
+  if args.study == "depth":
+    plan = plan[:DEPTH_THROUGHPUT]
   ctx = Context(
     sizes,
     args.smoke,
@@ -1164,11 +1302,11 @@ def main(argv=None, *, compilation_cache: bool = False) -> dict:
     workroot,
     default_unroll,
     cached=compilation_cache,
-    plan=throughput_plan(sizes, default_unroll),
+    plan=plan,
   )
   try:
     with cached_splits():
-      for name, share, run in SECTIONS:
+      for name, share, run in sections:
         box = budget.box(share)
         summary.start_section(name, box)
         print(f"accelerator_suite: {name} ({box.seconds:.0f} s)", flush=True)

@@ -257,3 +257,56 @@ def test_vit_b16_tree_has_86m_parameters_in_152_leaves():
   shapes = suite.vit_shapes(**suite.VIT_B16)
   assert len(shapes) == 152
   assert sum(math.prod(s) for s in shapes.values()) == 86_567_656
+
+
+def test_depth_study_takes_the_most_depths_that_get_enough_epochs():
+  ctx = type("Ctx", (), {"sizes": suite.Sizes()})()  # resnet20, resnet110, resnet56; (3, 200)
+  overhead = {"resnet20": 10.0, "resnet56": 30.0, "resnet110": 60.0}
+  epoch = {"resnet20": 1.0, "resnet56": 3.0, "resnet110": 6.0}
+  # All three: 2 x 100 s of overhead, 2 x 10 s per epoch of the six runs.
+  models, epochs = suite.plan_depth_study(ctx, 300.0, overhead, epoch)
+  assert models == ["resnet20", "resnet110", "resnet56"] and epochs == 5
+  # 240 s: all three get 2 epochs; the first and last depths (2 x 70 s, 2 x 7 s) get 7.
+  assert suite.plan_depth_study(ctx, 240.0, overhead, epoch) == (["resnet20", "resnet110"], 7)
+  # 150 s: not 3 epochs for any pair of depths; ResNet-20 alone gets 65.
+  assert suite.plan_depth_study(ctx, 150.0, overhead, epoch) == (["resnet20"], 65)
+  assert suite.plan_depth_study(ctx, 1e6, overhead, epoch)[1] == 200
+  assert suite.plan_depth_study(ctx, 21.0, overhead, epoch) is None
+
+
+def test_depth_study_pairs_adam_and_znorm_at_each_depth_in_order(tmp_path, monkeypatch):
+  """`run_depth_study` on a fake clock and a fake trainer: its plan, its order, and a run that
+  no longer fits once an earlier one took longer than estimated."""
+  now = [0.0]
+  header = {"command": "test", "started": "now", "minutes": 1, "smoke": True}
+  summary = suite.Summary(tmp_path, header, lambda: now[0], ("study",))
+  est = suite.Estimates(compile_guess_s=1.0)
+  est.note_compile("resnet20", 1, True, 2.0)
+  est.note_init("resnet20", 1.0)
+  sizes = suite.SMOKE  # depths resnet20 then resnet32 (15 of 9 blocks); 2 epochs; K = 1
+  combo = suite.Combo("loop", "resnet20", sizes.study_batch, "float32", 1, True)
+  est.loop[combo] = {**vars(combo), "images_per_s": 64.0}  # 256 + 32 images: 5.5 s per epoch
+  ctx = suite.Context(sizes, True, None, summary, est, str(tmp_path), default_unroll=True)
+  trained = []
+
+  def run_one(preset, model, method, seed, **kwargs):
+    trained.append((model, method, seed, preset.epochs, preset.overrides.steps_per_dispatch))
+    now[0] += 100.0 if model == "resnet20" and method == "znorm" else 1.0
+    record = {"model": model, "method": method, "seed": seed, "wall_time_s": now[0]}
+    return {**record, "final_accuracy": 0.5, "epoch_accuracies": [0.4, 0.5]}
+
+  monkeypatch.setattr(suite.paper_study, "run_one", run_one)
+  summary.start_section("study", suite.Box(lambda: now[0], 200.0))
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    suite.run_depth_study(ctx, suite.Box(lambda: now[0], 200.0))
+  plan = summary.section("study")["plan"]
+  assert plan["epochs"] == 2 and plan["k"] == 1
+  assert plan["runs"] == [(m, a, 0) for m in ("resnet20", "resnet32") for a in ("adam", "znorm")]
+  assert "resnet32 " in plan["description"] and "from loop resnet20 b16 K=1" in plan["description"]
+  # ResNet-20's znorm run took 100 s: ResNet-32's estimates grow with it and no longer fit.
+  assert trained == [("resnet20", "adam", 0, 2, 1), ("resnet20", "znorm", 0, 2, 1)]
+  skipped = {s["part"]: s["reason"] for s in summary.data["skipped"]}
+  assert set(skipped) == {"resnet32 adam seed 0", "resnet32 znorm seed 0"}
+  assert all(r.startswith("needs ~") for r in skipped.values())
+  lines = (tmp_path / "paper_study.jsonl").read_text().splitlines()
+  assert [json.loads(line)["method"] for line in lines] == ["adam", "znorm"]
