@@ -5,6 +5,7 @@ Runs are tiny (ResNet-20 at widths 4/8/16, one device, `tfds.testing.mock_data`)
 works on a copy of one finished reference run.
 """
 
+import dataclasses
 import errno
 import hashlib
 import json
@@ -23,7 +24,7 @@ import tensorflow_datasets as tfds
 
 from configs import default
 from tests.test_train import subprocess_env
-from trainer import checkpoints, metrics, optimizers, state
+from trainer import checkpoints, loop, metrics, optimizers, state
 from trainer import workdir as workdir_lib
 from trainer.errors import CheckpointError, DivergedError, TrainerError, WorkdirError
 from trainer.loop import train_and_evaluate
@@ -382,3 +383,32 @@ def test_sigkill_at_many_moments_then_the_run_ends_as_an_uninterrupted_one(tmp_p
     np.testing.assert_array_equal(got, want)
   for step in checkpoints.saved_steps(str(workdir)):
     assert checkpoints.verify(str(workdir), step) is not False
+
+
+def test_the_host_stays_at_most_two_dispatches_ahead(tmp_path, monkeypatch):
+  """A signal is served within a dispatch or two, not at the next evaluation: dispatches return
+  at once (on CPU too), and without a bound the host would queue a whole epoch of them before
+  the evaluation's blocking read, where a SIGTERM waits (a CPU study run once took 3 minutes to
+  stop). Before each dispatch the loop waits for the one before last."""
+  ahead = []
+  make_steps = loop.config_steps
+
+  def counting_steps(*args, **kwargs):
+    fns = make_steps(*args, **kwargs)
+    sent = []
+
+    def train(*inputs):
+      ahead.append(sum(not m.is_ready() for m in sent))
+      r_state, metrics = fns.train(*inputs)
+      sent.append(jax.tree.leaves(metrics)[0])
+      return r_state, metrics
+
+    return dataclasses.replace(fns, train=train)
+
+  monkeypatch.setattr(loop, "config_steps", counting_steps)
+  # 8 slow steps per evaluation (256 examples, batch 32) and no logging in between.
+  slow = dict(model_widths=(8, 16, 32), batch_size=32, num_train_steps=16, log_every_steps=100)
+  slow.update(steps_per_dispatch=1)
+  with tfds.testing.mock_data(num_examples=256):
+    train_and_evaluate(config(**slow, eval_every_steps=8, checkpoint_every_steps=8), str(tmp_path))
+  assert len(ahead) == 16 and max(ahead) <= loop.DISPATCHES_IN_FLIGHT, ahead

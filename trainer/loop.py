@@ -7,6 +7,7 @@ diagnostics, evaluation and checkpoints between them -> metrics.jsonl / TensorBo
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import sys
 import time
@@ -25,6 +26,11 @@ from trainer.optimizers import Optimizer, create_optimizer
 from trainer.plan import RunPlan, local_devices, validate_config
 from trainer.state import DTYPES, TrainState, create_model, create_train_state
 from trainer.steps import Steps, config_steps
+
+# Dispatches return at once; unbounded, the host would queue every dispatch up to the next
+# blocking read (an evaluation), and a SIGTERM would wait behind them (minutes, for a deep
+# ResNet on CPU). Two in flight keep the device fed and the stop within two dispatches.
+DISPATCHES_IN_FLIGHT = 2
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
@@ -82,6 +88,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       )
     r_state = ip.replicate(state, devices)
     watch, compiled, stopping = Stopwatch(), set(), False
+    in_flight = collections.deque()
     pbar = tqdm(
       total=plan.total_steps,
       initial=step,
@@ -111,6 +118,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         else:
           watch.count(n * config.batch_size)
         train_metrics.add(step, metrics)
+        in_flight.append(metrics)
+        if len(in_flight) > DISPATCHES_IN_FLIGHT:
+          jax.block_until_ready(in_flight.popleft())
         step += n
         pbar.update(n)
         if any(plan.logs_after(s) for s in range(step - n + 1, step + 1)):
