@@ -1167,7 +1167,8 @@ SECTIONS = {  # --study: (name, share of the time left when the section starts, 
     ("overhead", 0.3, run_overhead),
     ("study", 1.0, run_study),
   ),
-  # The study first: the throughput section measures only what sizes it (`DEPTH_THROUGHPUT`).
+  # The study is the point: the throughput section measures only what sizes it
+  # (`DEPTH_THROUGHPUT`) and the update-overhead section is left out.
   "depth": (
     ("platform", 0.1, run_platform),
     ("throughput", 0.3, run_throughput),

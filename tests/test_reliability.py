@@ -407,8 +407,13 @@ def test_the_host_stays_at_most_two_dispatches_ahead(tmp_path, monkeypatch):
 
   monkeypatch.setattr(loop, "config_steps", counting_steps)
   # 8 slow steps per evaluation (256 examples, batch 32) and no logging in between.
-  slow = dict(model_widths=(8, 16, 32), batch_size=32, num_train_steps=16, log_every_steps=100)
-  slow.update(steps_per_dispatch=1)
+  slow = dict(
+    model_widths=(8, 16, 32),
+    batch_size=32,
+    num_train_steps=16,
+    log_every_steps=100,
+    steps_per_dispatch=1,
+  )
   with tfds.testing.mock_data(num_examples=256):
     train_and_evaluate(config(**slow, eval_every_steps=8, checkpoint_every_steps=8), str(tmp_path))
   assert len(ahead) == 16 and max(ahead) <= loop.DISPATCHES_IN_FLIGHT, ahead

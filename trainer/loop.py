@@ -27,10 +27,7 @@ from trainer.plan import RunPlan, local_devices, validate_config
 from trainer.state import DTYPES, TrainState, create_model, create_train_state
 from trainer.steps import Steps, config_steps
 
-# Dispatches return at once; unbounded, the host would queue every dispatch up to the next
-# blocking read (an evaluation), and a SIGTERM would wait behind them (minutes, for a deep
-# ResNet on CPU). Two in flight keep the device fed and the stop within two dispatches.
-DISPATCHES_IN_FLIGHT = 2
+DISPATCHES_IN_FLIGHT = 2  # see `DispatchWindow`
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
@@ -87,16 +84,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         config, model, optimizer.grad_transform, spec, dtype, devices, state, train_images.shape[1:]
       )
     r_state = ip.replicate(state, devices)
-    watch, compiled, stopping = Stopwatch(), set(), False
-    in_flight = collections.deque()
-    pbar = tqdm(
-      total=plan.total_steps,
-      initial=step,
-      unit="step",
-      dynamic_ncols=True,
-      disable=None if host0 else True,
-      file=sys.stderr,
-    )
+    watch, compiled, stopping, window = Stopwatch(), set(), False, DispatchWindow()
+    pbar = progress_bar(plan, step, host0)
     try:
       while step < plan.total_steps and not stopping:
         if measure is not None and plan.measures_before(step):
@@ -118,9 +107,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         else:
           watch.count(n * config.batch_size)
         train_metrics.add(step, metrics)
-        in_flight.append(metrics)
-        if len(in_flight) > DISPATCHES_IN_FLIGHT:
-          jax.block_until_ready(in_flight.popleft())
+        window.add(metrics)
         step += n
         pbar.update(n)
         if any(plan.logs_after(s) for s in range(step - n + 1, step + 1)):
@@ -265,6 +252,34 @@ def evaluation_row(
     "learning_rate": float(optimizer.schedule(step - 1)),
     "wall_time": time.time(),
   }
+
+
+class DispatchWindow:
+  """At most `DISPATCHES_IN_FLIGHT` dispatches queued on the devices: `add` waits for the
+  dispatch before last. Dispatches return at once; unbounded, the host would queue every
+  dispatch up to its next blocking read (an evaluation) and a SIGTERM would wait behind them
+  (minutes, for a deep ResNet on CPU). Two in flight keep the device fed and the stop within
+  two dispatches."""
+
+  def __init__(self):
+    self._queue = collections.deque()
+
+  def add(self, outputs) -> None:
+    self._queue.append(outputs)
+    if len(self._queue) > DISPATCHES_IN_FLIGHT:
+      jax.block_until_ready(self._queue.popleft())
+
+
+def progress_bar(plan: RunPlan, step: int, host0: bool) -> tqdm:
+  """The step progress bar on stderr (off on other hosts and, by tqdm, off a terminal)."""
+  return tqdm(
+    total=plan.total_steps,
+    initial=step,
+    unit="step",
+    dynamic_ncols=True,
+    disable=None if host0 else True,
+    file=sys.stderr,
+  )
 
 
 class Stopwatch:
