@@ -74,9 +74,10 @@ from absl import logging
 from jax import lax
 
 import znorm_optax as zo
-from benchmarks import paper_study, train_throughput, transform_overhead
+from benchmarks import train_throughput, transform_overhead
 from benchmarks.accelerator_report import render_markdown
 from configs import default
+from experiments import paper_study
 from tests.numpy_reference import numpy_centralize, numpy_clip_layer, numpy_stats, numpy_znorm
 from trainer import datasets
 from trainer import input_pipeline as ip

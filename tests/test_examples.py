@@ -1,5 +1,5 @@
-"""Tests of the plotting scripts: examples/gradient_field.py, examples/plot_runs.py and
-benchmarks/overlap_report.py (which read metrics.jsonl through trainer.metrics)."""
+"""Tests of the plotting scripts: experiments/gradient_field.py, examples/plot_runs.py and
+experiments/overlap_report.py (which read metrics.jsonl through trainer.metrics)."""
 
 import json
 
@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import overlap_report
-from examples import gradient_field, plot_runs
+from examples import plot_runs
+from experiments import gradient_field, overlap_report
 
 
 @pytest.fixture(scope="module")

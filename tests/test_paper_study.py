@@ -1,4 +1,4 @@
-"""Tests of benchmarks/paper_study.py and benchmarks/study_report.py: the report (a pure
+"""Tests of experiments/paper_study.py and experiments/study_report.py: the report (a pure
 function of the jsonl records), the run loop with a stub trainer (order, skipping,
 interruption, appends) and one tiny real run under `tfds.testing.mock_data`."""
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from benchmarks import depth_study as ds
-from benchmarks import paper_study as ps
-from benchmarks import study_report as report
+from experiments import depth_study as ds
+from experiments import paper_study as ps
+from experiments import study_report as report
 from trainer.metrics import append_record, read_records
 from trainer.optimizers import grad_transform_kwargs
 

@@ -4,9 +4,9 @@ over several seeds.
 
 Usage (from the project root)::
 
-  python -m benchmarks.paper_study --budget cpu --data_dir ../shared/data/tfds
-  python -m benchmarks.paper_study --budget gpu            # the paper-scale preset
-  python -m benchmarks.paper_study --budget cpu --report_only
+  python -m experiments.paper_study --budget cpu --data_dir ../shared/data/tfds
+  python -m experiments.paper_study --budget gpu            # the paper-scale preset
+  python -m experiments.paper_study --budget cpu --report_only
 
 The presets are config files, ``configs/study_{budget}.py``. Each run trains with
 ``trainer.loop.train_and_evaluate`` in its own workdir
@@ -19,7 +19,7 @@ A completed run appends one line to ``{results}/paper_study.jsonl``; runs alread
 (same budget, model, method, seed, epochs and train split) are skipped, so the study can be
 completed over several sittings (``--max_runs N`` stops after N new runs). Runs go seed group by
 seed group (all methods of seed 0 of the first model, then seed 1, ...), so a partial study has
-complete seed groups. After every run, and with ``--report_only``, `benchmarks.study_report`
+complete seed groups. After every run, and with ``--report_only``, `experiments.study_report`
 rebuilds ``paper_study.md`` and ``paper_study.png`` from the jsonl records alone.
 """
 
@@ -39,7 +39,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from benchmarks.study_report import (
+from experiments.study_report import (
   METHODS,
   RESULTS_NAME,
   parse_method,
@@ -205,7 +205,7 @@ def run_study(
   seeds: Sequence[int] | None = None,
   data_dir: str | None = None,
   workdir_root: str | os.PathLike = ROOT / "runs" / RESULTS_NAME,
-  results_dir: str | os.PathLike = ROOT / "benchmarks" / "results",
+  results_dir: str | os.PathLike = ROOT / "experiments" / "results",
   max_runs: int | None = None,
   trainer: Callable | None = None,
   log: Callable[[str], None] = print,
@@ -294,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
   )
   parser.add_argument(
     "--results",
-    default=str(ROOT / "benchmarks" / "results"),
+    default=str(ROOT / "experiments" / "results"),
     help="folder of paper_study.{jsonl,md,png}",
   )
   parser.add_argument(

@@ -62,7 +62,8 @@ grow (mean magnitude 0.47 -> 0.59) and they turn by 19 degrees (median; at most 
 
 Usage::
 
-    python -m examples.gradient_field --outdir benchmarks/results [--grid 8] [--seed 0] [--gain 1.0]
+    python -m experiments.gradient_field --outdir experiments/results \
+      [--grid 8] [--seed 0] [--gain 1.0]
 """
 
 from __future__ import annotations

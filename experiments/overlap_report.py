@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m benchmarks.overlap_report --outdir DIR --data_dir D --steps N \\
+    python -m experiments.overlap_report --outdir DIR --data_dir D --steps N \\
         [--model resnet20 | --models resnet20,resnet56,resnet110] [--every K] \\
         [--train_split train[:5000]] [--eval_split test[:1000]] [--batch_size 128] [--seed 0]
 
@@ -35,7 +35,7 @@ gradient's std and of the update's std.
 It prints the paths it wrote and a few summary numbers.  The plotting functions
 take lists of diagnostics records and are importable::
 
-    from benchmarks.overlap_report import plot_gradient_scale, plot_overlap_split
+    from experiments.overlap_report import plot_gradient_scale, plot_overlap_split
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ from pathlib import Path
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, NullFormatter, NullLocator
 
-from benchmarks.study_report import plt, save_figure
 from configs import default
+from experiments.study_report import plt, save_figure
 from trainer.loop import train_and_evaluate
 from trainer.metrics import DIAGNOSTICS, read_metrics
 
