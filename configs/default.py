@@ -24,6 +24,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.data_dir = config_dict.placeholder(str)  # tfds data dir; None = tfds default
   config.train_split = "train"  # tfds split strings; slices such as train[:5000] work
   config.eval_split = "test"
+  # Held-out examples of the training data (e.g. "train[-2000:]", which must not overlap
+  # train_split), evaluated beside eval_split: choose hyperparameters on it, never on the test
+  # split. None = no validation evaluation.
+  config.validation_split = config_dict.placeholder(str)
   config.augment = True  # pad-4 random crop + horizontal flip, on device
 
   # Schedule of the run.

@@ -62,7 +62,7 @@ grow (mean magnitude 0.47 -> 0.59) and they turn by 19 degrees (median; at most 
 
 Usage::
 
-    python -m experiments.gradient_field --outdir experiments/results \
+    python -m experiments.gradient_field --outdir experiments/results \\
       [--grid 8] [--seed 0] [--gain 1.0]
 """
 

@@ -288,6 +288,42 @@ def test_split_larger_than_the_dataset_is_a_clear_error(tmp_path):
       train_and_evaluate(tiny_config(train_split="train[:100]"), str(tmp_path))
 
 
+def test_a_validation_split_is_evaluated_beside_the_eval_split_without_changing_the_run(
+  tmp_path,
+):
+  """The validation split is evaluated after every evaluation step; made the test split, its
+  numbers equal the eval split's, and the run's own numbers equal a run without it."""
+  short = dict(num_train_steps=4, eval_every_steps=2, num_devices=2, steps_per_dispatch=1)
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    train_and_evaluate(tiny_config(**short), str(tmp_path / "plain"))
+    train_and_evaluate(tiny_config(validation_split="test", **short), str(tmp_path / "validated"))
+  plain, validated = read_metrics(tmp_path / "plain"), read_metrics(tmp_path / "validated")
+  assert [r["step"] for r in validated] == [2, 4]
+  for a, b in zip(plain, validated, strict=True):
+    assert {k: a[k] for k in DETERMINISTIC_FIELDS} == {k: b[k] for k in DETERMINISTIC_FIELDS}
+    assert "validation_accuracy" not in a
+    assert (b["validation_loss"], b["validation_accuracy"]) == (b["eval_loss"], b["eval_accuracy"])
+
+
+@pytest.mark.parametrize(
+  "train_split, validation_split, shared",
+  [
+    ("train[:48]", "train[40:]", 8),
+    ("train", "train[-16:]", 16),
+    ("train[:10]+train[60:]", "train[5:62]", 7),
+  ],
+)
+def test_a_validation_split_that_overlaps_the_train_split_is_refused(
+  tmp_path, train_split, validation_split, shared
+):
+  config = tiny_config(train_split=train_split, validation_split=validation_split)
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    assert datasets.shared_examples("cifar10", train_split, validation_split) == shared
+    with pytest.raises(ValueError, match=f"shares {shared} examples with --config.train_split"):
+      train_and_evaluate(config, str(tmp_path))
+    assert datasets.shared_examples("cifar10", "train[:48]", "train[-16:]") == 0
+
+
 # ---------------------------------------------------------------------------------------------
 # Runs: a 4-device reference run (subprocess), killed/SIGTERM'd runs resumed, a 1-device run
 # ---------------------------------------------------------------------------------------------

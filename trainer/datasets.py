@@ -167,6 +167,27 @@ def _data_sources(name: str, split_names, data_dir: str | None, download: bool):
   return open_all(download=True, builder_kwargs={"file_format": "array_record"})
 
 
+def _resolve(name: str, split: str, data_dir: str | None, download: bool):
+  """The data sources of the splits ``split`` names and its `split_ranges`."""
+  if data_dir is not None:
+    data_dir = os.path.expanduser(data_dir)
+  sources = _data_sources(name, _split_names(split), data_dir, download)
+  return sources, split_ranges(split, {s: len(src) for s, src in sources.items()})
+
+
+def shared_examples(
+  name: str, split_a: str, split_b: str, data_dir: str | None = None, *, download: bool = True
+) -> int:
+  """How many examples the two split specs have in common (0: disjoint)."""
+  ranges_a, ranges_b = (_resolve(name, s, data_dir, download)[1] for s in (split_a, split_b))
+  return sum(
+    max(0, min(stop_a, stop_b) - max(start_a, start_b))
+    for name_a, start_a, stop_a in ranges_a
+    for name_b, start_b, stop_b in ranges_b
+    if name_a == name_b
+  )
+
+
 def load_split(
   name: str, split: str, data_dir: str | None = None, *, download: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -186,10 +207,7 @@ def load_split(
     DatasetNotFoundError: the dataset is absent and cannot be downloaded (within seconds).
     ValueError: a malformed split spec or an out-of-range slice.
   """
-  if data_dir is not None:
-    data_dir = os.path.expanduser(data_dir)
-  sources = _data_sources(name, _split_names(split), data_dir, download)
-  ranges = split_ranges(split, {s: len(src) for s, src in sources.items()})
+  sources, ranges = _resolve(name, split, data_dir, download)
   images, labels = [], []
   with _quiet_absl():  # "OpenCV is not installed ... Defaulting to PIL"
     for split_name, start, stop in ranges:

@@ -55,7 +55,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   workdir = workdir_lib.prepare(workdir)
   with workdir_lib.lock(workdir), checkpoints.StopRequest() as stop:
     workdir_lib.check_config(workdir, config, max(checkpoints.saved_steps(workdir), default=0))
-    (train_images, train_labels), (eval_images, eval_labels) = load_data(config)
+    (train_images, train_labels), eval_splits = load_data(config)
     spec = datasets.DATASETS[config.dataset]
     plan = RunPlan.create(config, len(train_images))
     model = create_model(config, spec.num_classes)
@@ -70,14 +70,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     step = int(state.step)
     if host0:
       workdir_lib.write_config(workdir, config)
-      say(describe(config, plan, len(train_images), len(eval_images), n_global, workdir))
+      say(describe(config, plan, len(train_images), eval_splits, n_global, workdir))
     writer = MetricsWriter(workdir, enabled=host0, resumed_step=step)
     train_metrics = TrainMetrics(train_sums, plan, optimizer, writer)
 
     dtype = DTYPES[config.dtype]
     steps = config_steps(config, model, optimizer.tx, devices)
     train_data = ip.replicate((train_images, train_labels), devices)
-    eval_data = ip.eval_batches(eval_images, eval_labels, plan.eval_batch_size, devices)
+    eval_data = {
+      name: ip.eval_batches(*split, plan.eval_batch_size, devices)
+      for name, split in eval_splits.items()
+    }
     measure = None
     if plan.diagnostics_every:
       measure = diagnostics.Measure(
@@ -162,15 +165,21 @@ def finish(signal_name, step: int, plan: RunPlan, workdir: str, seconds: float, 
 
 
 def eval_scalars(row: dict) -> dict[str, float]:
-  return {
-    "eval/loss": row["eval_loss"],
-    "eval/accuracy": row["eval_accuracy"],
-    "perf/images_per_second": row["images_per_second"] or 0.0,
-  }
+  scalars = {"perf/images_per_second": row["images_per_second"] or 0.0}
+  for name in EVAL_SPLITS:
+    if f"{name}_loss" in row:
+      scalars[f"{name}/loss"] = row[f"{name}_loss"]
+      scalars[f"{name}/accuracy"] = row[f"{name}_accuracy"]
+  return scalars
+
+
+EVAL_SPLITS = {"eval": "eval_split", "validation": "validation_split"}  # row prefix: config field
 
 
 def load_data(config: ml_collections.ConfigDict):
-  """The train and eval splits as uint8 host arrays; a bad split names its config field."""
+  """The train split and the evaluated splits (``{"eval": ..., "validation": ...}``, the
+  latter if configured) as uint8 host arrays; a bad split names its config field, and a
+  validation split that shares examples with the train split is refused."""
 
   def load(field):
     try:
@@ -178,7 +187,18 @@ def load_data(config: ml_collections.ConfigDict):
     except ValueError as e:
       raise ValueError(f"--config.{field}={config[field]}: {e}") from None
 
-  return load("train_split"), load("eval_split")
+  if config.validation_split:
+    shared = datasets.shared_examples(
+      config.dataset, config.train_split, config.validation_split, config.data_dir
+    )
+    if shared:
+      raise ValueError(
+        f"--config.validation_split={config.validation_split} shares {shared} examples with "
+        f"--config.train_split={config.train_split}; choose a validation slice outside it, "
+        "e.g. train[:4096] with train[-2000:]"
+      )
+  evals = {name: load(field) for name, field in EVAL_SPLITS.items() if config[field]}
+  return load("train_split"), evals
 
 
 class TrainMetrics:
@@ -240,18 +260,16 @@ def evaluation_row(
   plan: RunPlan,
   optimizer: Optimizer,
 ) -> dict:
-  """The metrics.jsonl line of an evaluation (the loop adds ``images_per_second``)."""
-  sums = steps.evaluate(r_state, *eval_data)
-  loss, correct, count = sums["loss"], sums["correct"], sums["count"]
-  return {
-    "step": step,
-    "epoch": step / plan.steps_per_epoch,
-    **train_metrics.take(),
-    "eval_loss": loss / count,
-    "eval_accuracy": correct / count,
-    "learning_rate": float(optimizer.schedule(step - 1)),
-    "wall_time": time.time(),
-  }
+  """The metrics.jsonl line of an evaluation: ``eval_loss``, ``eval_accuracy`` and those of
+  the other evaluated splits (``validation_*``); the loop adds ``images_per_second``."""
+  row = {"step": step, "epoch": step / plan.steps_per_epoch, **train_metrics.take()}
+  for name, data in eval_data.items():
+    sums = steps.evaluate(r_state, *data)
+    row[f"{name}_loss"] = sums["loss"] / sums["count"]
+    row[f"{name}_accuracy"] = sums["correct"] / sums["count"]
+  row["learning_rate"] = float(optimizer.schedule(step - 1))
+  row["wall_time"] = time.time()
+  return row
 
 
 class DispatchWindow:
@@ -320,9 +338,10 @@ def say(*args) -> None:
   sys.stdout.flush()
 
 
-def describe(config, plan: RunPlan, n_train: int, n_eval: int, n_devices: int, workdir) -> str:
+def describe(config, plan: RunPlan, n_train: int, eval_splits, n_devices: int, workdir) -> str:
+  evaluated = " / ".join(f"{len(labels)} {name}" for name, (_, labels) in eval_splits.items())
   return (
-    f"{config.model} on {config.dataset}: {n_train} train / {n_eval} eval examples; "
+    f"{config.model} on {config.dataset}: {n_train} train / {evaluated} examples; "
     f"{n_devices} device(s) x {config.batch_size // n_devices} = batch {config.batch_size}; "
     f"{plan.total_steps} steps ({plan.total_steps / plan.steps_per_epoch:.3g} epochs, "
     f"{plan.steps_per_dispatch} per dispatch); {config.optimizer} lr {config.learning_rate:g} "
@@ -332,9 +351,12 @@ def describe(config, plan: RunPlan, n_train: int, n_eval: int, n_devices: int, w
 
 def progress_line(row: dict, plan: RunPlan) -> str:
   ips = "-" if row["images_per_second"] is None else f"{row['images_per_second']:.0f}"
+  validation = (
+    f" | validation acc {row['validation_accuracy']:.4f}" if "validation_accuracy" in row else ""
+  )
   return (
     f"step {row['step']}/{plan.total_steps} epoch {row['epoch']:.2f} | train loss "
     f"{row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | eval loss "
-    f"{row['eval_loss']:.4f} acc {row['eval_accuracy']:.4f} | lr "
+    f"{row['eval_loss']:.4f} acc {row['eval_accuracy']:.4f}{validation} | lr "
     f"{row['learning_rate']:.3g} | {ips} img/s"
   )

@@ -39,6 +39,7 @@ RESUMABLE_CHANGES = frozenset(
     "data_dir",
     "diagnostics_every_steps",
     "eval_split",
+    "validation_split",
     "eval_batch_size",
     "num_devices",
     "steps_per_dispatch",
