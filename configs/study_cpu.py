@@ -16,6 +16,7 @@ def get_config() -> ml_collections.ConfigDict:
       "epochs": 4,
       "train_split": "train[:4096]",
       "eval_split": "test[:2000]",
+      "validation_split": None,  # evaluated beside eval_split when set (the tuned-lr study)
       "batch_size": 128,
       "learning_rate": 1e-3,
       "schedule": "cosine",

@@ -4,11 +4,12 @@ a larger step".
 
 Usage (from the project root)::
 
-  python -m experiments.depth_study --data_dir ../shared/data/tfds   # runs what is missing
+  python -m experiments.depth_study --data_dir ~/tensorflow_datasets   # runs what is missing
   python -m experiments.depth_study --report_only
 
-Runs are `experiments.paper_study` runs (same protocol, workdirs and ``paper_study.jsonl``, so the
-recorded 3-seed runs count and an interrupted study resumes). The plan, fixed before the runs:
+Runs are `experiments.runs` runs of the paper study's protocol (same workdirs and
+``paper_study.jsonl``, so the recorded 3-seed runs count and an interrupted study resumes). The
+plan, fixed before the runs:
 
 * ``adam`` and ``znorm`` (Adam lr 1e-3, cosine) at ResNet-20, -56 and -110, seeds 0-4;
 * ``adam_lr2e-3`` and ``adam_lr4e-3`` at ResNet-56, seeds 0-2, and the better of the two (by mean
@@ -29,13 +30,13 @@ import argparse
 import math
 import os
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from matplotlib.figure import Figure
 from scipy import stats
 
-from experiments import paper_study
+from experiments import paper_study, runs
 from experiments.study_report import (
   COLORS,
   RESULTS_NAME,
@@ -315,58 +316,42 @@ def write_report(records: Sequence[dict], preset, results_dir: str | os.PathLike
   return [md, png]
 
 
-def run(
-  preset,
-  *,
-  data_dir: str | None,
-  results_dir: str | os.PathLike,
-  workdir_root: str | os.PathLike,
-  log: Callable[[str], None] = print,
-) -> None:
-  """Runs the planned groups in order (recorded runs are skipped), rebuilding the report after
-  each group; the ResNet-110 control is planned once the ResNet-56 controls are recorded."""
-  jsonl = Path(results_dir) / f"{RESULTS_NAME}.jsonl"
-  done: set = set()
-  while True:
-    groups = [g for g in planned_groups(read_records(jsonl)) if g not in done]
-    if not groups:
-      break
-    model, methods, seeds = groups[0]
-    paper_study.run_study(
-      preset,
-      models=(model,),
-      methods=methods,
-      seeds=seeds,
-      data_dir=data_dir,
-      workdir_root=workdir_root,
-      results_dir=results_dir,
-      log=log,
-    )
-    records = read_records(jsonl)
-    for path in write_report(records, preset, results_dir):
-      log(f"depth_study: wrote {path}")
-    recorded = {(r["model"], r["method"], r["seed"]) for r in preset_records(records, preset)}
-    if any((model, m, s) not in recorded for m in methods for s in seeds):
-      log("depth_study: stopped before the group was complete; run it again to resume")
-      return
-    done.add(groups[0])
+def planned_runs(records: Sequence[dict]) -> list[tuple[str, str, int]]:
+  """`planned_groups` as ``(model, method, seed)`` in run order."""
+  return [
+    (model, method, seed)
+    for model, methods, seeds in planned_groups(records)
+    for seed in seeds
+    for method in methods
+  ]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--data_dir", default=None, help="tfds data dir holding cifar10")
-  parser.add_argument("--results", default=str(paper_study.ROOT / "experiments" / "results"))
+  parser.add_argument("--results", default=str(paper_study.RESULTS_DIR))
   parser.add_argument(
     "--workdir_root", default=str(paper_study.ROOT / "runs" / RESULTS_NAME), help="as paper_study"
   )
   parser.add_argument("--report_only", action="store_true", help="only rebuild the report")
   args = parser.parse_args(argv)
-  preset = paper_study.load_preset("cpu")
-  if not args.report_only:
-    run(preset, data_dir=args.data_dir, results_dir=args.results, workdir_root=args.workdir_root)
+  preset = runs.load_preset("cpu")
   jsonl = Path(args.results) / f"{RESULTS_NAME}.jsonl"
-  for path in write_report(read_records(jsonl), preset, args.results):
-    print(f"wrote {path}")
+
+  def report(records: list[dict]) -> None:
+    for path in write_report(records, preset, args.results):
+      print(f"wrote {path}")
+
+  if not args.report_only:
+    runs.run_missing(
+      preset,
+      lambda records: planned_runs(preset_records(records, preset)),
+      jsonl,
+      data_dir=args.data_dir,
+      workdir_root=args.workdir_root,
+      after_each=report,
+    )
+  report(read_records(jsonl))
 
 
 if __name__ == "__main__":

@@ -13,11 +13,12 @@ from scipy import stats as scipy_stats
 
 from experiments import depth_study as ds
 from experiments import paper_study as ps
+from experiments import runs
 from experiments import study_report as report
 from trainer.metrics import append_record, read_records
 from trainer.optimizers import grad_transform_kwargs
 
-CPU = ps.load_preset("cpu")
+CPU = runs.load_preset("cpu")
 
 
 def record(model="resnet20", method="adam", seed=0, final=0.5, best=None, wall=60.0, **kw):
@@ -161,7 +162,7 @@ def test_write_report_writes_markdown_and_png(tmp_path):
 
 
 def test_configs_derive_from_the_paper_configs():
-  c = {m: ps.make_config(m, "resnet56", 2, CPU, "/data") for m in ps.METHODS}
+  c = {m: runs.make_config(m, "resnet56", 2, CPU, "/data") for m in ps.METHODS}
   assert [c[m].grad_transform for m in ps.METHODS] == [
     "none",
     "centralize",
@@ -181,7 +182,7 @@ def test_configs_derive_from_the_paper_configs():
     assert config.optimizer == "adam" and config.learning_rate == 1e-3
     assert config.schedule == "cosine" and config.batch_size == 128
     assert config.eval_every_steps == -1  # once per epoch
-  gpu = ps.load_preset("gpu")
+  gpu = runs.load_preset("gpu")
   assert (gpu.models, gpu.epochs, gpu.train_split, gpu.eval_split) == (
     ("resnet56",),
     200,
@@ -313,7 +314,7 @@ def test_workdir_of_another_preset_is_refused(tmp_path):
   )
   ps.run_study(CPU, trainer=StubTrainer(), **kwargs)
   (tmp_path / "res" / "paper_study.jsonl").unlink()
-  other = ps.load_preset("cpu")
+  other = runs.load_preset("cpu")
   other.epochs = 9
   with pytest.raises(SystemExit, match="num_epochs 4 -> 9; delete that workdir"):
     ps.run_study(other, trainer=StubTrainer(), **kwargs)
@@ -415,12 +416,12 @@ def test_the_resnet110_control_is_the_better_larger_learning_rate_once_both_are_
 
 
 def test_learning_rate_variants_train_the_base_method_at_their_rate():
-  c = ps.make_config("adam_lr4e-3", "resnet56", 1, CPU)
+  c = runs.make_config("adam_lr4e-3", "resnet56", 1, CPU)
   assert (c.grad_transform, c.learning_rate) == ("none", 4e-3)
-  assert ps.make_config("znorm", "resnet56", 1, CPU).learning_rate == CPU.learning_rate
+  assert runs.make_config("znorm", "resnet56", 1, CPU).learning_rate == CPU.learning_rate
   for bad in ("adam_lr0", "adam_lrx", "sgd_lr1e-3"):
     with pytest.raises(ValueError, match="valid: adam, centralize, clip, znorm"):
-      ps.make_config(bad, "resnet56", 1, CPU)
+      runs.make_config(bad, "resnet56", 1, CPU)
 
 
 def test_depth_report_states_the_endpoints_and_the_verdicts(tmp_path):
