@@ -1,9 +1,13 @@
-"""ml_collections configs for `train.py` (`--config=configs/NAME.py`), and `make_config`, the one
-builder of a run's config for the experiments and the benchmarks."""
+"""ml_collections configs for `train.py` (`--config=configs/NAME.py`), `make_config`, the one
+builder of a run's config for the experiments and the benchmarks, and `ROOT`, the checkout they
+run from."""
 
 import importlib
+from pathlib import Path
 
 import ml_collections
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def make_config(name: str = "default", **fields) -> ml_collections.ConfigDict:

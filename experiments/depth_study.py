@@ -36,7 +36,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from scipy import stats
 
-from experiments import paper_study, runs
+from experiments import runs
 from experiments.study_report import (
   COLORS,
   RESULTS_NAME,
@@ -44,11 +44,13 @@ from experiments.study_report import (
   epoch_bands,
   fmt,
   holm,
+  interval,
   mean_std,
   paired_difference,
   preset_records,
   save_figure,
   t_critical,
+  verdict,
 )
 from trainer.metrics import read_records
 
@@ -133,22 +135,6 @@ def depth_trend(records: Sequence[dict], field: str, baseline: str = "adam") -> 
   return {"n": len(xs), "depths": len(set(xs)), "slope": fit.slope, "ci": ci, "p": fit.pvalue}
 
 
-def _interval(d: dict) -> str:
-  if math.isnan(d["ci"]):
-    return fmt(d["mean"], math.nan, sign=True)
-  lo, hi = d["mean"] - d["ci"], d["mean"] + d["ci"]
-  return f"{100 * d['mean']:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"
-
-
-def _verdict(d: dict, p_key: str = "p_holm") -> str:
-  p = d.get(p_key, d["p"])
-  if math.isnan(p):
-    return "cannot decide (one seed)"
-  if p < 0.05:
-    return "supported" if d["mean"] > 0 else "contradicted"
-  return "cannot decide"
-
-
 def render_markdown(records: Sequence[dict], preset) -> str:
   """``depth_study.md``: plan, per-depth accuracies, comparisons, trend, reading, missing runs."""
   lines = [
@@ -188,8 +174,8 @@ def render_markdown(records: Sequence[dict], preset) -> str:
   ]
   for a, b in zip(table["final_accuracy"], table["mean_epoch_accuracy"], strict=True):
     lines.append(
-      f"| {a['model']} | {a['method']} - {a['baseline']} | {a['n']} | {_interval(a)} | "
-      f"{a['p']:.3f} | {a['p_holm']:.3f} | {_interval(b)} | {b['p']:.3f} | {b['p_holm']:.3f} |"
+      f"| {a['model']} | {a['method']} - {a['baseline']} | {a['n']} | {interval(a)} | "
+      f"{a['p']:.3f} | {a['p_holm']:.3f} | {interval(b)} | {b['p']:.3f} | {b['p_holm']:.3f} |"
     )
   lines += ["", "## ZNorm's gain against depth", ""]
   for field, label in ENDPOINTS.items():
@@ -212,7 +198,7 @@ def render_markdown(records: Sequence[dict], preset) -> str:
     for method in LR_CONTROLS:
       a, b = (paired_difference(records, model, method, "adam", f) for f in ENDPOINTS)
       if a is not None:
-        lines.append(f"| {model} | {method} - adam | {a['n']} | {_interval(a)} | {_interval(b)} |")
+        lines.append(f"| {model} | {method} - adam | {a['n']} | {interval(a)} | {interval(b)} |")
   lines += ["", "## Reading (automatic, Holm-corrected)", "", *_reading(records, table)]
   lines += ["", "## Missing runs", "", _missing(records)]
   return "\n".join(lines) + "\n"
@@ -225,14 +211,14 @@ def _reading(records, table) -> list[str]:
       if d["method"] != "znorm":
         continue
       claim = f"ZNorm beats {d['baseline']} at {d['model']} on the {label}"
-      out.append(f"- {claim}: {_verdict(d)} (Δ {_interval(d)} pp, p Holm {d['p_holm']:.3f}).")
+      out.append(f"- {claim}: {verdict(d)} (Δ {interval(d)} pp, p Holm {d['p_holm']:.3f}).")
     trend = depth_trend(records, field)
     if trend:
-      verdict = _verdict({"mean": trend["slope"], "ci": trend["ci"], "p": trend["p"]}, "p")
+      judged = verdict({"mean": trend["slope"], "ci": trend["ci"], "p": trend["p"]}, "p")
       planned = len(DEPTHS) * len(SEEDS)
       if trend["n"] < planned:  # judged once, on the planned runs, not on each interim look
-        verdict = f"cannot decide yet ({trend['n']} of {planned} paired seeds recorded)"
-      out.append(f"- ZNorm's gain on the {label} grows with depth: {verdict}.")
+        judged = f"cannot decide yet ({trend['n']} of {planned} paired seeds recorded)"
+      out.append(f"- ZNorm's gain on the {label} grows with depth: {judged}.")
   return out or ["Not enough runs yet."]
 
 
@@ -329,9 +315,9 @@ def planned_runs(records: Sequence[dict]) -> list[tuple[str, str, int]]:
 def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--data_dir", default=None, help="tfds data dir holding cifar10")
-  parser.add_argument("--results", default=str(paper_study.RESULTS_DIR))
+  parser.add_argument("--results", default=str(runs.RESULTS_DIR))
   parser.add_argument(
-    "--workdir_root", default=str(paper_study.ROOT / "runs" / RESULTS_NAME), help="as paper_study"
+    "--workdir_root", default=str(runs.RUNS_DIR / RESULTS_NAME), help="as paper_study"
   )
   parser.add_argument("--report_only", action="store_true", help="only rebuild the report")
   args = parser.parse_args(argv)

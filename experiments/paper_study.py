@@ -36,9 +36,6 @@ from experiments import runs
 from experiments.study_report import METHODS, RESULTS_NAME, parse_method, write_report
 from trainer.metrics import read_records
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS_DIR = ROOT / "experiments" / "results"
-
 
 def report_seeds(preset, seeds: Sequence[int] | None) -> tuple[int, ...]:
   """The seeds a report expects: the preset's and any others asked for."""
@@ -59,8 +56,8 @@ def run_study(
   methods: Sequence[str] = METHODS,
   seeds: Sequence[int] | None = None,
   data_dir: str | None = None,
-  workdir_root: str | os.PathLike = ROOT / "runs" / RESULTS_NAME,
-  results_dir: str | os.PathLike = RESULTS_DIR,
+  workdir_root: str | os.PathLike = runs.RUNS_DIR / RESULTS_NAME,
+  results_dir: str | os.PathLike = runs.RESULTS_DIR,
   max_runs: int | None = None,
   trainer: Callable | None = None,
   log: Callable[[str], None] = print,
@@ -122,12 +119,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
   )
   parser.add_argument(
     "--workdir_root",
-    default=str(ROOT / "runs" / RESULTS_NAME),
+    default=str(runs.RUNS_DIR / RESULTS_NAME),
     help="run workdirs go to WORKDIR_ROOT/BUDGET/MODEL/METHOD/seedSEED",
   )
   parser.add_argument(
     "--results",
-    default=str(RESULTS_DIR),
+    default=str(runs.RESULTS_DIR),
     help="folder of paper_study.{jsonl,md,png}",
   )
   parser.add_argument(

@@ -30,6 +30,8 @@ from trainer import workdir as workdir_lib
 from trainer.loop import train_and_evaluate
 from trainer.metrics import append_record, column, read_metrics, read_records
 
+RESULTS_DIR = configs.ROOT / "experiments" / "results"
+RUNS_DIR = configs.ROOT / "runs"
 PRESETS = ("cpu", "gpu", "test", "tuned_cpu", "tuned_gpu", "tuned_test")  # configs/study_*.py
 # Config fields copied into each record (the report describes the methods from them).
 RECORDED_CONFIG = (

@@ -140,6 +140,24 @@ def paired_difference(
   return {"n": n, "mean": mean, "std": std, "ci": ci, "t": t, "p": p, "beyond_noise": p < 0.05}
 
 
+def interval(d: dict) -> str:
+  """A `paired_difference` in percentage points as ``mean [low, high]`` (its 95% interval)."""
+  if math.isnan(d["ci"]):
+    return fmt(d["mean"], math.nan, sign=True)
+  lo, hi = d["mean"] - d["ci"], d["mean"] + d["ci"]
+  return f"{100 * d['mean']:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"
+
+
+def verdict(d: dict, p_key: str = "p_holm") -> str:
+  """``supported`` / ``contradicted`` (p < 0.05, by the sign of the mean) / ``cannot decide``."""
+  p = d.get(p_key, d["p"])
+  if math.isnan(p):
+    return "cannot decide (one seed)"
+  if p < 0.05:
+    return "supported" if d["mean"] > 0 else "contradicted"
+  return "cannot decide"
+
+
 def holm(p_values: Sequence[float]) -> list[float]:
   """Holm's step-down adjustment of ``p_values`` (family-wise error control); nan stays nan and
   does not count as a test."""
