@@ -1,0 +1,233 @@
+"""Tests of the tuned-learning-rate study (experiments/tuned_lr*.py): the choice rule (hand-made
+records, ties, edge extension), the run order, the validation slice against the training slice,
+the reuse of recorded runs, the statistics against scipy, and the report."""
+
+import math
+
+import pytest
+from scipy import stats as scipy_stats
+
+from experiments import runs, tuned_lr
+from experiments import tuned_lr_plan as plan
+from experiments import tuned_lr_report as report
+from trainer import datasets
+
+PRESET = runs.load_preset("tuned_cpu")
+GRID = PRESET.learning_rates  # 5e-4 ... 8e-3
+
+
+def rec(model, base, rate, seed, validation=0.5, final=0.4, epochs=(0.1, 0.2, 0.3, 0.4)):
+  return {
+    "model": model,
+    "method": plan.method_name(base, rate),
+    "seed": seed,
+    "budget": PRESET.name,
+    "epochs": PRESET.epochs,
+    "train_split": PRESET.train_split,
+    "eval_split": PRESET.eval_split,
+    "final_validation_accuracy": validation,
+    "final_accuracy": final,
+    "epoch_accuracies": [*epochs[:-1], final],
+  }
+
+
+def grid_records(model, base, scores, seeds=(0, 1, 2)):
+  """Records whose mean validation accuracy at rate r is scores[r] (seeds spread by +-0.01)."""
+  return [
+    rec(model, base, rate, seed, validation=score + 0.01 * (seed - 1))
+    for rate, score in scores.items()
+    for seed in seeds
+  ]
+
+
+def test_method_names_round_trip_to_their_rate():
+  for rate in (*GRID, 1.6e-2, 2.5e-4, 1.25e-4):
+    name = plan.method_name("znorm", rate)
+    assert runs.make_config(name, "resnet20", 0, PRESET).learning_rate == rate
+  assert plan.method_name("adam", 5e-4) == "adam_lr0.0005"
+
+
+def test_the_choice_is_the_best_mean_validation_accuracy():
+  scores = {5e-4: 0.30, 1e-3: 0.35, 2e-3: 0.41, 4e-3: 0.38, 8e-3: 0.20}
+  records = grid_records("resnet20", "adam", scores)
+  assert plan.grid(records, PRESET, "resnet20", "adam") == (list(GRID), 2e-3)
+  # A test accuracy never enters the choice.
+  for r in records:
+    r["final_accuracy"] = 0.9 if r["method"].endswith("0.004") else 0.1
+  assert plan.grid(records, PRESET, "resnet20", "adam")[1] == 2e-3
+
+
+def test_ties_go_to_the_smaller_rate():
+  assert plan.choose({4e-3: 0.4, 1e-3: 0.4, 2e-3: 0.3}) == 1e-3
+  scores = {5e-4: 0.30, 1e-3: 0.41, 2e-3: 0.41, 4e-3: 0.41, 8e-3: 0.20}
+  assert plan.grid(grid_records("resnet20", "adam", scores), PRESET, "resnet20", "adam")[1] == 1e-3
+
+
+def test_no_choice_until_every_grid_rate_has_its_three_seeds():
+  scores = {5e-4: 0.30, 1e-3: 0.35, 2e-3: 0.41, 4e-3: 0.38, 8e-3: 0.20}
+  records = grid_records("resnet20", "adam", scores)
+  records = [r for r in records if not (r["method"] == "adam_lr0.008" and r["seed"] == 2)]
+  assert plan.grid(records, PRESET, "resnet20", "adam") == (list(GRID), None)
+
+
+def test_a_best_rate_at_the_top_edge_adds_the_next_rates_up_to_two():
+  top = {5e-4: 0.1, 1e-3: 0.2, 2e-3: 0.3, 4e-3: 0.35, 8e-3: 0.40}
+  records = grid_records("resnet56", "znorm", top)
+  assert plan.grid(records, PRESET, "resnet56", "znorm") == ([*GRID, 1.6e-2], None)
+  records += grid_records("resnet56", "znorm", {1.6e-2: 0.45})
+  assert plan.grid(records, PRESET, "resnet56", "znorm") == ([*GRID, 1.6e-2, 3.2e-2], None)
+  records += grid_records("resnet56", "znorm", {3.2e-2: 0.50})
+  # Still best at the edge after two extensions: chosen there, and the report says so.
+  assert plan.grid(records, PRESET, "resnet56", "znorm") == ([*GRID, 1.6e-2, 3.2e-2], 3.2e-2)
+  assert "at an edge" in report.render_markdown(records, PRESET)
+
+
+def test_an_extension_that_is_worse_ends_the_search_inside():
+  bottom = {5e-4: 0.5, 1e-3: 0.4, 2e-3: 0.3, 4e-3: 0.2, 8e-3: 0.1}
+  records = grid_records("resnet20", "adam", bottom)
+  assert plan.grid(records, PRESET, "resnet20", "adam") == ([*GRID, 2.5e-4], None)
+  records += grid_records("resnet20", "adam", {2.5e-4: 0.45})
+  assert plan.grid(records, PRESET, "resnet20", "adam") == ([*GRID, 2.5e-4], 5e-4)
+
+
+def test_planned_runs_grid_seed_by_seed_then_extensions_then_final_seeds():
+  start = plan.planned_runs([], PRESET)
+  n = len(GRID) * 2 * 3
+  assert start[:4] == [
+    ("resnet20", "adam_lr0.0005", 0),
+    ("resnet20", "znorm_lr0.0005", 0),
+    ("resnet20", "adam_lr0.001", 0),
+    ("resnet20", "znorm_lr0.001", 0),
+  ]
+  assert start[n - 1] == ("resnet20", "znorm_lr0.008", 2)
+  assert start[n] == ("resnet56", "adam_lr0.0005", 0) and len(start) == 2 * n
+  records = grid_records(
+    "resnet20", "adam", {5e-4: 0.3, 1e-3: 0.35, 2e-3: 0.4, 4e-3: 0.3, 8e-3: 0.2}
+  )
+  records += grid_records(
+    "resnet20", "znorm", {5e-4: 0.3, 1e-3: 0.3, 2e-3: 0.3, 4e-3: 0.3, 8e-3: 0.5}
+  )
+  after = plan.planned_runs(records, PRESET)
+  assert after[n : n + 3] == [("resnet20", "znorm_lr0.016", s) for s in (0, 1, 2)]
+  # Adam is chosen (2e-3): its seeds 3 and 4 come before ResNet-56; ZNorm's wait.
+  assert after[n + 3 : n + 5] == [("resnet20", "adam_lr0.002", 3), ("resnet20", "adam_lr0.002", 4)]
+  assert after[n + 5] == ("resnet56", "adam_lr0.0005", 0)
+  assert not any(m == "resnet110" for m, _, _ in after)
+
+
+def test_resnet110_runs_at_the_rates_chosen_at_resnet56():
+  records = grid_records(
+    "resnet56", "adam", {5e-4: 0.3, 1e-3: 0.35, 2e-3: 0.4, 4e-3: 0.45, 8e-3: 0.2}
+  )
+  records += grid_records(
+    "resnet56", "znorm", {5e-4: 0.3, 1e-3: 0.5, 2e-3: 0.4, 4e-3: 0.3, 8e-3: 0.2}
+  )
+  tail = [p for p in plan.planned_runs(records, PRESET) if p[0] == "resnet110"]
+  assert tail == [
+    ("resnet110", method, seed) for seed in range(5) for method in ("adam_lr0.004", "znorm_lr0.001")
+  ]
+
+
+def test_the_validation_slice_never_overlaps_the_training_slice():
+  lengths = {"train": 50_000, "test": 10_000}
+  train = datasets.split_ranges(PRESET.train_split, lengths)
+  validation = datasets.split_ranges(PRESET.validation_split, lengths)
+  assert train == [("train", 0, 4096)] and validation == [("train", 48_000, 50_000)]
+  for preset in ("tuned_cpu", "tuned_test"):
+    p = runs.load_preset(preset)
+    config = runs.make_config("adam_lr1e-3", p.models[0], 0, p)
+    assert config.validation_split == p.validation_split
+    (_, a0, a1), (_, b0, b1) = (
+      datasets.split_ranges(s, lengths)[0] for s in (p.train_split, p.validation_split)
+    )
+    assert a1 <= b0 or b1 <= a0
+
+
+def paper_record(method="adam", seed=0, model="resnet110", lr=1e-3, **config):
+  """A depth-study record: ``adam`` at the preset's 1e-3, else named as ``adam_lr4e-3``."""
+  name = method if lr == 1e-3 else f"{method}_lr{lr:.0e}".replace("e-0", "e-")
+  cfg = runs.make_config(name, model, seed, PRESET)
+  kept = {f: cfg.to_dict()[f] for f in tuned_lr.PROTOCOL_CONFIG}
+  kept["model_widths"] = list(kept["model_widths"])
+  kept.update(config)
+  return {
+    "budget": "cpu",
+    "model": model,
+    "method": name,
+    "seed": seed,
+    "epochs": 4,
+    "train_split": "train[:4096]",
+    "eval_split": "test[:2000]",
+    "final_accuracy": 0.4,
+    "config": kept,
+  }
+
+
+def test_a_paper_run_is_reused_only_when_every_protocol_field_matches():
+  paper = [paper_record(), paper_record(lr=4e-3), paper_record("znorm", seed=1)]
+  got = tuned_lr.reusable_record(paper, PRESET, "resnet110", "adam_lr0.001", 0)
+  assert got["method"] == "adam_lr0.001" and got["budget"] == "tuned_cpu"
+  assert got["reused_from"] == {"file": "paper_study.jsonl", "method": "adam"}
+  got = tuned_lr.reusable_record(paper, PRESET, "resnet110", "adam_lr0.004", 0)
+  assert got["reused_from"]["method"] == "adam_lr4e-3"
+  assert tuned_lr.reusable_record(paper, PRESET, "resnet110", "znorm_lr0.001", 1) is not None
+  for other in (
+    [paper_record(seed=1)],
+    [paper_record(model="resnet56")],
+    [paper_record(lr=2e-3)],
+    [paper_record(warmup_fraction=0.1)],
+    [paper_record(schedule="constant")],
+    [{**paper_record(), "train_split": "train[:2048]"}],
+    [{**paper_record(), "budget": "gpu"}],
+  ):
+    assert tuned_lr.reusable_record(other, PRESET, "resnet110", "adam_lr0.001", 0) is None
+
+
+def test_the_final_comparison_matches_scipy_and_holm_over_depths():
+  records = []
+  for model, rates in (
+    ("resnet20", {"adam": 2e-3, "znorm": 1e-3}),
+    ("resnet56", {"adam": 4e-3, "znorm": 4e-3}),
+  ):
+    for base, chosen in rates.items():
+      scores = {r: (0.5 if r == chosen else 0.3) for r in GRID}
+      records += grid_records(model, base, scores)
+  finals = {
+    ("resnet20", "adam"): [0.40, 0.42, 0.41, 0.43, 0.39],
+    ("resnet20", "znorm"): [0.41, 0.44, 0.41, 0.45, 0.40],
+    ("resnet56", "adam"): [0.45, 0.40, 0.42, 0.44, 0.41],
+    ("resnet56", "znorm"): [0.44, 0.42, 0.43, 0.43, 0.40],
+  }
+  chosen = {("resnet20", "adam"): 2e-3, ("resnet20", "znorm"): 1e-3}
+  for (model, base), values in finals.items():
+    rate = chosen.get((model, base), 4e-3)
+    for r in records:
+      if r["model"] == model and r["method"] == plan.method_name(base, rate):
+        r["final_accuracy"] = values[r["seed"]]
+        r["epoch_accuracies"][-1] = values[r["seed"]]
+    records += [rec(model, base, rate, s, final=values[s]) for s in (3, 4)]
+  table = report.compare(records, PRESET)["final_accuracy"]
+  assert [d["model"] for d in table] == ["resnet20", "resnet56"]
+  ps = []
+  for d, model in zip(table, ("resnet20", "resnet56"), strict=True):
+    a, b = finals[(model, "znorm")], finals[(model, "adam")]
+    want = scipy_stats.ttest_rel(a, b)
+    ci = scipy_stats.t.ppf(0.975, 4) * scipy_stats.sem([x - y for x, y in zip(a, b, strict=True)])
+    assert d["n"] == 5 and d["p"] == pytest.approx(want.pvalue)
+    assert d["mean"] == pytest.approx(sum(a) / 5 - sum(b) / 5) and d["ci"] == pytest.approx(ci)
+    ps.append(want.pvalue)
+  lo, hi = sorted(ps)
+  holm = {lo: min(1, 2 * lo), hi: max(min(1, 2 * lo), min(1, hi))}
+  assert [d["p_holm"] for d in table] == pytest.approx([holm[p] for p in ps])
+  md = report.render_markdown(records, PRESET)
+  assert "tuned ZNorm beats tuned Adam at resnet20 on the final test accuracy" in md
+  assert "| resnet56 | `adam_lr0.004` / `znorm_lr0.004` | 5 |" in md
+  assert not math.isnan(table[0]["ci"])
+
+
+def test_write_report_writes_the_markdown_and_the_figure(tmp_path):
+  records = grid_records("resnet20", "adam", dict.fromkeys(GRID, 0.3))
+  md, png = report.write_report(records, PRESET, tmp_path)
+  assert md.read_text().startswith("# Tuned learning rates")
+  assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["tuned_lr.md", "tuned_lr.png"]
