@@ -1,106 +1,15 @@
-"""Tests of input_pipeline.py: tfds loading and slicing, offline detection, batching and
+"""Tests of trainer/input_pipeline.py: the data order, batching, placement on the devices and
 augmentation."""
 
 import functools
-import os
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from trainer import datasets
 from trainer import input_pipeline as ip
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REAL_DATA_DIR = os.path.join(ROOT, "..", "shared", "data", "tfds")
-HAS_REAL_DATA = os.path.isfile(os.path.join(REAL_DATA_DIR, "cifar10", "3.0.2", "dataset_info.json"))
-
-
-# ---------------------------------------------------------------------------------------------
-# Split slicing (tfds.data_source ignores it: input_pipeline applies it)
-# ---------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-  "spec, expected",
-  [
-    ("train", [("train", 0, 100)]),
-    ("train[:40]", [("train", 0, 40)]),
-    ("train[10:]", [("train", 10, 100)]),
-    ("train[-5:]", [("train", 95, 100)]),
-    ("train[:10%]", [("train", 0, 10)]),
-    ("train[90%:]", [("train", 90, 100)]),
-    ("train[:3]+test[5:7]", [("train", 0, 3), ("test", 5, 7)]),
-  ],
-)
-def test_split_ranges(spec, expected):
-  assert datasets.split_ranges(spec, {"train": 100, "test": 20}) == expected
-
-
-@pytest.mark.parametrize("spec", ["train[:200]", "validation", "train[", "train[a:b]"])
-def test_split_ranges_rejects_bad_specs(spec):
-  with pytest.raises(ValueError):
-    datasets.split_ranges(spec, {"train": 100, "test": 20})
-
-
-def test_load_split_applies_the_slice_under_mock_data():
-  with tfds.testing.mock_data(num_examples=20):
-    images, labels = datasets.load_split("cifar10", "train", data_dir="/nonexistent")
-    head, head_labels = datasets.load_split("cifar10", "train[:7]", data_dir="/nonexistent")
-    tail, _ = datasets.load_split("cifar10", "train[15:]")
-    both, both_labels = datasets.load_split("cifar10", "train[:3]+test[:2]")
-    test_images, _ = datasets.load_split("cifar10", "test")
-  assert images.shape == (20, 32, 32, 3) and images.dtype == np.uint8
-  assert labels.shape == (20,) and labels.dtype == np.int32
-  assert labels.min() >= 0 and labels.max() < 10
-  np.testing.assert_array_equal(head, images[:7])
-  np.testing.assert_array_equal(head_labels, labels[:7])
-  np.testing.assert_array_equal(tail, images[15:])
-  np.testing.assert_array_equal(both, np.concatenate([images[:3], test_images[:2]]))
-  assert both_labels.shape == (5,)
-
-
-def test_load_split_cifar100_under_mock_data():
-  with tfds.testing.mock_data(num_examples=8):
-    images, labels = datasets.load_split("cifar100", "test[:50%]")
-  assert images.shape == (4, 32, 32, 3)
-  assert labels.max() < 100
-
-
-@pytest.mark.skipif(not HAS_REAL_DATA, reason="../shared/data/tfds is absent")
-def test_load_split_real_cifar10_slice_holds():
-  images, labels = datasets.load_split("cifar10", "test[:1000]", REAL_DATA_DIR)
-  assert images.shape == (1000, 32, 32, 3) and images.dtype == np.uint8
-  assert labels.shape == (1000,) and set(np.unique(labels)) <= set(range(10))
-  tail, _ = datasets.load_split("cifar10", "test[-10:]", REAL_DATA_DIR)
-  assert tail.shape == (10, 32, 32, 3)
-  assert not np.array_equal(tail, images[-10:])  # really the end of the split, not its start
-  assert 100 < images.mean() < 160  # real photos, not zeros
-
-
-def test_absent_dataset_offline_fails_fast_and_names_data_dir(tmp_path, monkeypatch):
-  monkeypatch.setattr(datasets, "network_available", lambda *a, **k: False)
-  start = time.monotonic()
-  with pytest.raises(datasets.DatasetNotFoundError, match="--config.data_dir") as info:
-    datasets.load_split("cifar100", "train", data_dir=str(tmp_path))
-  assert time.monotonic() - start < 60
-  assert str(tmp_path) in str(info.value) and "\n" not in str(info.value)
-
-
-def test_absent_dataset_without_download_fails(tmp_path):
-  with pytest.raises(datasets.DatasetNotFoundError, match="--config.data_dir"):
-    datasets.load_split("cifar10", "test", data_dir=str(tmp_path), download=False)
-
-
-def test_network_probe_gives_up_quickly():
-  start = time.monotonic()
-  # 192.0.2.0/24 is TEST-NET-1: never routed.
-  assert not datasets.network_available("192.0.2.1", timeout=0.5)
-  assert time.monotonic() - start < 2.0
-
 
 # ---------------------------------------------------------------------------------------------
 # Host-side batching

@@ -1,9 +1,12 @@
 """CIFAR from TensorFlow Datasets as whole uint8 arrays in host memory.
 
 `load_split` reads a tfds split (``train``, ``test[:1000]``, ``train[:10%]+test``...) into
-``uint8[N, 32, 32, 3]`` images and ``int32[N]`` labels through `tfds.data_source`, applying the
-split slice itself (`tfds.data_source` ignores it), and fails fast with a clear
-`DatasetNotFoundError` when the dataset is absent and there is no network to download it.
+``uint8[N, 32, 32, 3]`` images and ``int32[N]`` labels from the tfds copy the user has, in any
+format tfds writes: ArrayRecord and Parquet through `tfds.data_source`, TFRecord (tfds's default)
+through `TFRecordSplit`; the same arrays in the same order whatever the format, and no
+TensorFlow is needed. It applies the split slice itself (`tfds.data_source` ignores it). When
+the dataset is absent it downloads and prepares it (`trainer.cifar_archive`, no TensorFlow),
+and fails fast with a clear `DatasetNotFoundError` when there is no network to download it.
 `DATASETS` holds what the trainer needs to know of each dataset (classes, pixel statistics).
 """
 
@@ -13,11 +16,17 @@ import contextlib
 import dataclasses
 import os
 import socket
+import struct
 import threading
+import urllib.parse
+from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
+from tensorflow_datasets.core.file_adapters import FileFormat
+
+from trainer import cifar_archive
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +36,6 @@ class DatasetSpec:
   num_classes: int
   mean: tuple[float, float, float]  # per-channel, of pixels scaled to [0, 1]
   std: tuple[float, float, float]
-  download_host: str = "www.cs.toronto.edu"
 
 
 DATASETS = {
@@ -45,17 +53,20 @@ class DatasetNotFoundError(FileNotFoundError):
 # ----------------------------------------------------------------------------------------------
 
 
-def network_available(host: str, port: int = 443, timeout: float = 3.0) -> bool:
-  """Whether a TCP connection to ``host:port`` opens within about ``timeout`` seconds.
+def network_available(url: str, timeout: float = 3.0) -> bool:
+  """Whether a TCP connection to the host (and port) of ``url`` opens within about ``timeout``
+  seconds.
 
   The probe runs in a daemon thread so that a hanging DNS lookup (which ignores socket
   timeouts) cannot stall the caller for longer than ``2 * timeout``.
   """
+  parts = urllib.parse.urlsplit(url)
+  address = (parts.hostname, parts.port or (80 if parts.scheme == "http" else 443))
   result = []
 
   def probe():
     try:
-      with socket.create_connection((host, port), timeout=timeout):
+      with socket.create_connection(address, timeout=timeout):
         result.append(True)
     except OSError:
       result.append(False)
@@ -129,42 +140,95 @@ def _quiet_absl():
     logging.set_verbosity(level)
 
 
-def _data_sources(name: str, split_names, data_dir: str | None, download: bool):
-  """``{split_name: random-access source}``, downloading the dataset first if needed."""
+def tfrecord_records(path) -> list[bytes]:
+  """The records of a TFRecord file (each framed as: uint64 length, uint32 masked CRC of the
+  length, the bytes, uint32 masked CRC of the bytes; little-endian), read without TensorFlow.
+  The CRCs are not checked; a file cut short is an error.
 
-  def open_all(**kwargs):
-    return {s: tfds.data_source(name, split=s, data_dir=data_dir, **kwargs) for s in split_names}
+  Raises:
+    ValueError: the file ends inside a record.
+  """
+  data = Path(path).read_bytes()
+  records, offset = [], 0
+  while offset < len(data):
+    if offset + 12 > len(data):
+      raise ValueError(f"{path} is cut short (a record header at byte {offset})")
+    (length,) = struct.unpack_from("<Q", data, offset)
+    start, end = offset + 12, offset + 12 + length
+    if end + 4 > len(data):
+      raise ValueError(f"{path} is cut short (a record of {length} bytes at byte {offset})")
+    records.append(data[start:end])
+    offset = end + 4
+  return records
+
+
+class TFRecordSplit:
+  """One split of a tfds copy prepared as TFRecord (tfds's default format), as a sequence like
+  `tfds.data_source`'s: the records of its files in shard order (the order every format of a
+  tfds copy stores), decoded by tfds's NumPy example parser. No TensorFlow needed."""
+
+  def __init__(self, builder, split: str):
+    if split not in builder.info.splits:
+      raise ValueError(
+        f"unknown split {split!r} of {builder.name}; it has {', '.join(builder.info.splits)}"
+      )
+    self._info = builder.info.splits[split]
+    self._features = builder.info.features
+    self._records: list[bytes] | None = None
+
+  def __len__(self) -> int:
+    return self._info.num_examples
+
+  def __getitem__(self, index: int) -> dict:
+    if self._records is None:
+      self._records = [r for path in self._info.filepaths for r in tfrecord_records(path)]
+      if len(self._records) != len(self):
+        raise ValueError(
+          f"the TFRecord files of split {self._info.name} hold {len(self._records)} records, "
+          f"not the {len(self)} of its dataset_info.json; prepare the dataset again"
+        )
+    return self._features.deserialize_example_np(self._records[index])
+
+
+def _data_sources(name: str, split_names, data_dir: str | None, download: bool):
+  """``{split_name: source}`` (``len`` and ``[i]`` as `tfds.data_source`'s), downloading and
+  preparing the dataset first if it is absent."""
+
+  def open_all():
+    return {
+      s: tfds.data_source(name, split=s, data_dir=data_dir, download=False) for s in split_names
+    }
 
   with _quiet_absl():
     try:
       # Works for a copy prepared in any random-access format (Parquet, ArrayRecord) and
       # under `tfds.testing.mock_data`. For an absent dataset tfds raises anything from a
       # NotImplementedError to a KeyError, depending on data_dir: decide below.
-      return open_all(download=False)
+      return open_all()
     except Exception as e:  # noqa: BLE001
       error = e
     builder = tfds.builder(name, data_dir=data_dir)
     prepared = builder.is_prepared()
   if prepared:
-    file_format = builder.info.file_format
-    if file_format not in tfds.core.file_adapters.FileFormat.with_random_access():
-      raise DatasetNotFoundError(
-        f"dataset {name!r} is prepared in {builder.data_dir} as {file_format.value}, "
-        f"which has no random access; delete it or point --config.data_dir at a copy "
-        f"prepared as Parquet or ArrayRecord"
-      )
+    if builder.info.file_format == FileFormat.TFRECORD:
+      return {s: TFRecordSplit(builder, s) for s in split_names}
     if isinstance(error, ValueError):  # e.g. an unknown split name
       raise ValueError(" ".join(str(error).split())) from None
     raise error
   if not download:
     raise DatasetNotFoundError(_not_found_message(name, data_dir, "downloads are disabled"))
-  host = DATASETS[name].download_host if name in DATASETS else "storage.googleapis.com"
-  if not network_available(host):
+  archive = cifar_archive.ARCHIVES.get(name)
+  url = archive.url if archive else "https://storage.googleapis.com"
+  if not network_available(url):
+    host = urllib.parse.urlsplit(url).hostname
     raise DatasetNotFoundError(
       _not_found_message(name, data_dir, f"there is no network to download it ({host})")
     )
-  # Without an explicit format tfds would prepare TFRecord, which has no random access.
-  return open_all(download=True, builder_kwargs={"file_format": "array_record"})
+  if archive:
+    cifar_archive.prepare(name, data_dir)  # without TensorFlow
+  else:  # tfds's own builder (most need TensorFlow to prepare)
+    tfds.builder(name, data_dir=data_dir, file_format="array_record").download_and_prepare()
+  return open_all()
 
 
 def _resolve(name: str, split: str, data_dir: str | None, download: bool):
