@@ -5,9 +5,11 @@ r"""Data-parallel CIFAR training of `models/` ResNets with `znorm_optax` gradien
 
 The flags become `trainer.loop.train_and_evaluate(config, workdir)`, which resumes from the
 workdir's last checkpoint; see `trainer/` for its parts and the README for the outputs.
-Expected errors (a bad flag or config value, a missing dataset, a workdir in use, a changed
-config on resume, a damaged or unwritable checkpoint, divergence) end as one ``error: ...`` line
-on stderr and exit status 1; Ctrl-C saves a checkpoint and exits 130 (a second Ctrl-C at once).
+The project's own errors (a bad flag or config value, a missing or damaged dataset, a workdir in
+use, a changed config on resume, a damaged or unwritable checkpoint, divergence: the
+`trainer.errors` types) end as one ``error: ...`` line on stderr and exit status 1; anything
+else is a bug and keeps its traceback. Ctrl-C saves a checkpoint and exits 130 (a second Ctrl-C
+at once).
 
 Several hosts: run the same command on every host with ``--distributed``; JAX detects the
 cluster (TPU pods, SLURM, ...), or give ``--coordinator_address=HOST:PORT --num_processes=N
@@ -94,7 +96,7 @@ def main(argv) -> None:
   except KeyboardInterrupt:  # the second Ctrl-C
     print("Ctrl-C: stopped at once (the last checkpoint is intact)", file=sys.stderr)
     raise SystemExit(130) from None
-  except (ValueError, FileNotFoundError, TrainerError) as e:  # expected: one line, exit 1
+  except TrainerError as e:  # the project's own errors: one line, exit 1; others: a traceback
     logging.debug("error details", exc_info=True)
     raise SystemExit(f"error: {one_line(e)}") from None
 

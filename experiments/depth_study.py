@@ -52,13 +52,12 @@ from experiments.study_report import (
   t_critical,
   verdict,
 )
-from trainer.metrics import read_records
 
 NAME = "depth_study"
 DEPTHS = {"resnet20": 20, "resnet56": 56, "resnet110": 110}
 SEEDS, CONTROL_SEEDS = (0, 1, 2, 3, 4), (0, 1, 2)
 LR_CONTROLS = ("adam_lr2e-3", "adam_lr4e-3")
-PEERS = ("centralize", "clip")  # recorded at 3 seeds, depths 20 and 56
+PEERS = ("centralize", "clip_by_global_norm")  # recorded at 3 seeds, depths 20 and 56
 ENDPOINTS = {
   "final_accuracy": "final test accuracy",
   "mean_epoch_accuracy": "mean of the per-epoch test accuracies",
@@ -337,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> None:
       workdir_root=args.workdir_root,
       after_each=report,
     )
-  report(read_records(jsonl))
+  report(runs.read_study_records(jsonl))
 
 
 if __name__ == "__main__":

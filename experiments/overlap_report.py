@@ -51,6 +51,7 @@ from matplotlib.ticker import FuncFormatter, NullFormatter, NullLocator
 
 from configs import default
 from experiments.study_report import plt, save_figure
+from trainer.errors import TrainerError
 from trainer.loop import train_and_evaluate
 from trainer.metrics import DIAGNOSTICS, read_metrics
 
@@ -453,7 +454,7 @@ def report_model(
       if not args.plot_only:
         train_and_evaluate(make_config(args, name, model), str(workdir))
       runs[name] = load_diagnostics(workdir)
-    except (ValueError, FileNotFoundError) as e:
+    except (TrainerError, FileNotFoundError) as e:  # a bad setting, absent data or metrics
       raise SystemExit(f"overlap_report: error: {e}") from None
     evals[name] = read_metrics(workdir)
     if not runs[name]:

@@ -34,7 +34,7 @@ from absl import logging
 
 from experiments import runs
 from experiments.study_report import METHODS, RESULTS_NAME, parse_method, write_report
-from trainer.metrics import read_records
+from trainer.errors import TrainerError
 
 
 def report_seeds(preset, seeds: Sequence[int] | None) -> tuple[int, ...]:
@@ -165,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
       parser.error(str(e))
   preset = runs.load_preset(args.budget)
   if args.report_only:
-    records = read_records(Path(args.results) / f"{RESULTS_NAME}.jsonl")
+    records = runs.read_study_records(Path(args.results) / f"{RESULTS_NAME}.jsonl")
     for path in write_report(records, preset, args.results, seeds=report_seeds(preset, args.seeds)):
       print(f"wrote {path}")
     return []
@@ -182,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
       results_dir=args.results,
       max_runs=args.max_runs,
     )
-  except (ValueError, FileNotFoundError) as e:  # bad config or absent data: one line
+  except TrainerError as e:  # bad config or absent data: one line
     raise SystemExit(f"paper_study: error: {' '.join(str(e).split())}") from None
 
 

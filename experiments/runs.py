@@ -25,7 +25,7 @@ import jax
 import ml_collections
 
 import configs
-from experiments.study_report import parse_method, preset_records
+from experiments.study_report import migrate, parse_method, preset_records
 from trainer import workdir as workdir_lib
 from trainer.loop import train_and_evaluate
 from trainer.metrics import append_record, column, read_metrics, read_records
@@ -46,6 +46,17 @@ RECORDED_CONFIG = (
   "grad_transform_params",
   "model_widths",
 )
+
+
+def read_study_records(
+  jsonl: str | os.PathLike, log: Callable[[str], None] | None = print
+) -> list[dict]:
+  """The records of a study's jsonl ([] if none), old method names read as the new ones
+  (`study_report.migrate`), each rename said once through ``log``."""
+  records, notes = migrate(read_records(jsonl))
+  for note in notes if log else ():
+    log(f"{Path(jsonl).name}: {note}")
+  return records
 
 
 def load_preset(name: str) -> ml_collections.ConfigDict:
@@ -199,7 +210,7 @@ def run_missing(
   """
   new: list[dict] = []
   while max_runs is None or len(new) < max_runs:
-    records = read_records(jsonl)
+    records = read_study_records(jsonl, log=None if new else log)
     done = {(r["model"], r["method"], r["seed"]) for r in preset_records(records, preset)}
     planned = list(plan(records))
     todo = [p for p in planned if p not in done]

@@ -22,23 +22,52 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from scipy import stats  # noqa: E402
 
-METHODS = ("adam", "centralize", "clip", "znorm")
+from trainer.workdir import RENAMED_TRANSFORMS  # noqa: E402
+
+METHODS = ("adam", "centralize", "clip_by_global_norm", "znorm")
 # A method with its own learning rate, e.g. ``adam_lr2e-3``: the control for "ZNorm acts like a
 # larger learning rate".
-_LR_VARIANT = re.compile(r"^(?P<base>[a-z]+)_lr(?P<lr>[0-9][0-9.]*(e-?[0-9]+)?)$")
+_LR_VARIANT = re.compile(r"^(?P<base>[a-z][a-z_]*)_lr(?P<lr>[0-9][0-9.]*(e-?[0-9]+)?)$")
 RESULTS_NAME = "paper_study"
 # The fields that identify a run in the jsonl (a recorded one is skipped).
 KEY_FIELDS = ("budget", "model", "method", "seed", "epochs", "train_split")
-COLORS = {"adam": "0.25", "centralize": "tab:blue", "clip": "tab:orange", "znorm": "tab:red"}
-# Transform names of records written before the library named them after its functions.
-_OLD_TRANSFORM_NAMES = {"clip": "clip_by_global_norm", "clip_layer": "clip_by_layer_norm"}
+COLORS = {
+  "adam": "0.25",
+  "centralize": "tab:blue",
+  "clip_by_global_norm": "tab:orange",
+  "znorm": "tab:red",
+}
+# Study methods of records written before the methods took the library's function names.
+RENAMED_METHODS = {"clip": "clip_by_global_norm"}
 
 
-def parse_method(method: str) -> tuple[str, float | None]:
-  """``(base method, learning rate or None)`` of a study method name such as ``adam_lr2e-3``."""
+def migrate(records: Sequence[dict]) -> tuple[list[dict], list[str]]:
+  """``records`` with old method and transform names read as the new ones, and one line per
+  renamed name saying so (``renamed_from`` keeps the recorded method)."""
+  out, renamed = [], {}
+  for r in records:
+    base, lr = parse_method(r["method"], known_only=False)
+    if base in RENAMED_METHODS:
+      new = RENAMED_METHODS[base] + r["method"][len(base) :]
+      renamed[r["method"]] = new
+      r = {**r, "method": new, "renamed_from": r["method"]}
+    transform = r.get("config", {}).get("grad_transform")
+    if transform in RENAMED_TRANSFORMS:
+      r = {**r, "config": {**r["config"], "grad_transform": RENAMED_TRANSFORMS[transform]}}
+    out.append(r)
+  notes = [
+    f"method {old!r} is now called {new!r}; its records are read as such"
+    for old, new in renamed.items()
+  ]
+  return out, notes
+
+
+def parse_method(method: str, known_only: bool = True) -> tuple[str, float | None]:
+  """``(base method, learning rate or None)`` of a study method name such as ``adam_lr2e-3``;
+  ``known_only``: refuse a base that is not one of `METHODS`."""
   match = _LR_VARIANT.match(method)
   base, lr = (match["base"], float(match["lr"])) if match else (method, None)
-  if base not in METHODS or lr == 0:
+  if (known_only and base not in METHODS) or lr == 0:
     raise ValueError(
       f"unknown method {method!r}; valid: {', '.join(METHODS)}, each optionally with its own "
       "learning rate as in adam_lr2e-3"
@@ -176,7 +205,6 @@ def _ordered(values: Iterable[str], order: Sequence[str]) -> list[str]:
 
 def _method_description(method: str, cfg: dict) -> str:
   transform = cfg.get("grad_transform", "?")
-  transform = _OLD_TRANSFORM_NAMES.get(transform, transform)
   kwargs = cfg.get("grad_transform_kwargs") or {}
   max_norm = kwargs.get("max_norm") or cfg.get("clip_norm") or 1.0
   eps = kwargs.get("eps") or cfg.get("znorm_eps") or 1e-8

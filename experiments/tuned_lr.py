@@ -35,7 +35,7 @@ from experiments import runs, tuned_lr_report
 from experiments.study_report import RESULTS_NAME as PAPER_RESULTS_NAME
 from experiments.study_report import preset_records
 from experiments.tuned_lr_plan import planned_runs
-from trainer.metrics import append_record, read_records
+from trainer.metrics import append_record
 
 NAME = tuned_lr_report.NAME
 # The config fields that, with the model, seed, epochs and splits, fix what a run trained (a
@@ -84,7 +84,7 @@ def run(preset, *, data_dir, results_dir, workdir_root, max_runs=None, trainer=N
   rebuilding the report after each."""
   results_dir = Path(results_dir)
   jsonl = results_dir / f"{NAME}.jsonl"
-  paper = read_records(results_dir / f"{PAPER_RESULTS_NAME}.jsonl")
+  paper = runs.read_study_records(results_dir / f"{PAPER_RESULTS_NAME}.jsonl", log=None)
 
   def plan(records: list[dict]) -> list[tuple[str, str, int]]:
     planned = planned_runs(preset_records(records, preset), preset)
@@ -95,7 +95,7 @@ def run(preset, *, data_dir, results_dir, workdir_root, max_runs=None, trainer=N
         if reused is not None:
           append_record(jsonl, reused)
           log(f"{NAME}: {model} {method} seed {seed}: reused from {PAPER_RESULTS_NAME}.jsonl")
-          return plan(read_records(jsonl))
+          return plan(runs.read_study_records(jsonl, log=None))
     return planned
 
   def report(records: list[dict]) -> None:
@@ -113,7 +113,7 @@ def run(preset, *, data_dir, results_dir, workdir_root, max_runs=None, trainer=N
     log=log,
     after_each=report,
   )
-  report(read_records(jsonl))
+  report(runs.read_study_records(jsonl))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   args = parser.parse_args(argv)
   preset = runs.load_preset(args.preset)
   if args.report_only:
-    records = preset_records(read_records(Path(args.results) / f"{NAME}.jsonl"), preset)
+    records = preset_records(runs.read_study_records(Path(args.results) / f"{NAME}.jsonl"), preset)
     for path in tuned_lr_report.write_report(records, preset, args.results):
       print(f"wrote {path}")
     return

@@ -24,6 +24,7 @@ from tests.helpers import (
   tiny_config,
 )
 from trainer import cifar_archive, datasets
+from trainer.errors import DataError
 from trainer.loop import train_and_evaluate
 from trainer.metrics import read_metrics
 
@@ -201,7 +202,7 @@ def test_a_cut_tfrecord_file_is_an_error(tmp_path):
   data = tfrecord_bytes([b"first", b"second record"])
   assert datasets.tfrecord_records(_write(tmp_path / "ok", data)) == [b"first", b"second record"]
   for cut in (len(data) - 3, len(data) - 20, 5):
-    with pytest.raises(ValueError, match="cut short"):
+    with pytest.raises(DataError, match="cut short"):
       datasets.tfrecord_records(_write(tmp_path / f"cut{cut}", data[:cut]))
 
 

@@ -19,6 +19,7 @@ from trainer.metrics import append_record, read_records
 from trainer.optimizers import grad_transform_kwargs
 
 CPU = runs.load_preset("cpu")
+CLIP = "clip_by_global_norm"
 
 
 def record(model="resnet20", method="adam", seed=0, final=0.5, best=None, wall=60.0, **kw):
@@ -45,7 +46,7 @@ def record(model="resnet20", method="adam", seed=0, final=0.5, best=None, wall=6
     "device": "1 x cpu",
     "config": {
       "grad_transform": {"adam": "none"}.get(method, method),
-      "grad_transform_params": "all" if method == "clip" else "kernels",
+      "grad_transform_params": "all" if method == CLIP else "kernels",
       "clip_norm": 1.0,
       "znorm_eps": 1e-8,
       "optimizer": "adam",
@@ -91,15 +92,15 @@ def test_paired_difference_beyond_and_within_noise():
   for seed, base in enumerate([0.40, 0.50, 0.60]):  # large seed spread ...
     recs.append(record(seed=seed, final=base))
     recs.append(record(method="znorm", seed=seed, final=base + 0.02 + 0.001 * seed))  # ... tiny
-    recs.append(record(method="clip", seed=seed, final=base + (0.03, -0.03, 0.01)[seed]))
+    recs.append(record(method=CLIP, seed=seed, final=base + (0.03, -0.03, 0.01)[seed]))
   d = report.paired_difference(recs, "resnet20", "znorm", "adam")
   assert d["n"] == 3 and math.isclose(d["mean"], 0.021) and d["beyond_noise"]
-  assert not report.paired_difference(recs, "resnet20", "clip", "adam")["beyond_noise"]
+  assert not report.paired_difference(recs, "resnet20", CLIP, "adam")["beyond_noise"]
   md = report.render_markdown(recs, CPU)
   assert table_row(md, "resnet20", "znorm")[5].startswith("**+2.10 ± 0.10")
-  assert not table_row(md, "resnet20", "clip")[5].startswith("**")
+  assert not table_row(md, "resnet20", CLIP)[5].startswith("**")
   assert "znorm +2.10 pp vs adam (beyond seed noise, n=3)" in md
-  assert "clip +0.33 pp vs adam (within seed noise, n=3)" in md
+  assert "clip_by_global_norm +0.33 pp vs adam (within seed noise, n=3)" in md
 
 
 def test_identical_differences_count_as_beyond_noise():
@@ -117,7 +118,7 @@ def test_missing_runs_note():
   assert "11 of 24 planned runs" in note
   assert "resnet56 adam seeds 1,2" in note and "resnet56 znorm seeds 0,1,2" in note
   assert "resnet20" not in note
-  assert table_row(md, "resnet56", "clip")[2] == "0"
+  assert table_row(md, "resnet56", CLIP)[2] == "0"
   complete = recs + [
     record(model="resnet56", seed=s, method=m)
     for s in (0, 1, 2)
@@ -169,8 +170,8 @@ def test_configs_derive_from_the_paper_configs():
     "clip_by_global_norm",
     "znorm",
   ]
-  assert c["clip"].grad_transform_params == "all"
-  assert grad_transform_kwargs(c["clip"]) == {}  # the library's max_norm=1.0
+  assert c[CLIP].grad_transform_params == "all"
+  assert grad_transform_kwargs(c[CLIP]) == {}  # the library's max_norm=1.0
   assert c["centralize"].grad_transform_params == "kernels"
   for config in c.values():
     assert (config.model, config.seed, config.data_dir) == ("resnet56", 2, "/data")
@@ -214,9 +215,7 @@ class StubTrainer:
   def __call__(self, config, workdir):
     key = (
       config.model,
-      {"none": "adam", "clip_by_global_norm": "clip"}.get(
-        config.grad_transform, config.grad_transform
-      ),
+      {"none": "adam"}.get(config.grad_transform, config.grad_transform),
       config.seed,
     )
     self.calls.append(key)
@@ -287,7 +286,7 @@ def test_run_loop_order_skip_and_report(tmp_path):
 
 
 def test_interrupted_run_is_not_recorded_and_stops_the_loop(tmp_path):
-  stub = StubTrainer(stop_after=("resnet20", "clip", 0, 2))
+  stub = StubTrainer(stop_after=("resnet20", CLIP, 0, 2))
   kwargs = dict(
     workdir_root=tmp_path / "runs",
     results_dir=tmp_path / "res",
@@ -297,10 +296,10 @@ def test_interrupted_run_is_not_recorded_and_stops_the_loop(tmp_path):
   )
   new = ps.run_study(CPU, trainer=stub, **kwargs)
   assert [r["method"] for r in new] == ["adam", "centralize"]
-  assert stub.calls[-1] == ("resnet20", "clip", 0)
+  assert stub.calls[-1] == ("resnet20", CLIP, 0)
   # The next sitting resumes with the interrupted run.
   new = ps.run_study(CPU, trainer=StubTrainer(), **kwargs)
-  assert [r["method"] for r in new] == ["clip", "znorm"]
+  assert [r["method"] for r in new] == [CLIP, "znorm"]
 
 
 def test_workdir_of_another_preset_is_refused(tmp_path):
@@ -420,7 +419,7 @@ def test_learning_rate_variants_train_the_base_method_at_their_rate():
   assert (c.grad_transform, c.learning_rate) == ("none", 4e-3)
   assert runs.make_config("znorm", "resnet56", 1, CPU).learning_rate == CPU.learning_rate
   for bad in ("adam_lr0", "adam_lrx", "sgd_lr1e-3"):
-    with pytest.raises(ValueError, match="valid: adam, centralize, clip, znorm"):
+    with pytest.raises(ValueError, match="valid: adam, centralize, clip_by_global_norm, znorm"):
       runs.make_config(bad, "resnet56", 1, CPU)
 
 
@@ -463,3 +462,25 @@ def test_the_depth_trend_is_not_judged_before_every_planned_run_is_recorded():
   assert ds.depth_trend(recs, "final_accuracy")["p"] < 0.05
   md = ds.render_markdown(recs, CPU)
   assert "grows with depth: cannot decide yet (12 of 15 paired seeds recorded)" in md
+
+
+def test_records_with_the_old_method_name_are_read_as_the_new_one(tmp_path):
+  path = tmp_path / "paper_study.jsonl"
+  old = record(method="clip", seed=0)
+  old["config"]["grad_transform"] = "clip"
+  append_record(path, old)
+  append_record(path, record(method="clip_lr2e-3", seed=1))
+  append_record(path, record(method="znorm", seed=0))
+  said = []
+  records = runs.read_study_records(path, log=said.append)
+  assert [r["method"] for r in records] == [CLIP, "clip_by_global_norm_lr2e-3", "znorm"]
+  assert records[0]["renamed_from"] == "clip" and "renamed_from" not in records[2]
+  assert records[0]["config"]["grad_transform"] == "clip_by_global_norm"
+  assert said == [
+    "paper_study.jsonl: method 'clip' is now called 'clip_by_global_norm'; its records are "
+    "read as such",
+    "paper_study.jsonl: method 'clip_lr2e-3' is now called 'clip_by_global_norm_lr2e-3'; its "
+    "records are read as such",
+  ]
+  assert read_records(path)[0]["method"] == "clip"  # the file itself is not rewritten
+  assert report.parse_method("clip_by_global_norm_lr2e-3") == (CLIP, 2e-3)

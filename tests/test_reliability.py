@@ -129,6 +129,28 @@ def test_a_change_of_cadence_is_allowed_and_recorded(copy, reference):
   assert json.loads((copy / "config.json").read_text())["eval_every_steps"] == 2
 
 
+@pytest.mark.parametrize("old, new", list(workdir_lib.RENAMED_TRANSFORMS.items()))
+def test_a_config_json_with_an_old_transform_name_resumes_and_says_the_new_name(
+  copy, old, new, capsys
+):
+  """A workdir written when the transforms had other names: read as the new name (the same
+  transform), said in one line, and config.json then holds the new name."""
+  path = copy / "config.json"
+  saved = json.loads(path.read_text())
+  path.write_text(json.dumps({**saved, "grad_transform": old}))
+  notes = workdir_lib.check_config(str(copy), config(grad_transform=new), 8)
+  assert notes == [
+    f"{path}: grad_transform {old!r} is now called {new!r} (the same transform); read as such"
+  ]
+  assert not (copy / workdir_lib.CONFIG_CHANGES_FILE).exists()  # no change of the run
+  with pytest.raises(ValueError, match=f"grad_transform '{new}' -> 'znorm'"):
+    workdir_lib.check_config(str(copy), config(), 8)  # compared as the new name
+  if new == "clip_by_global_norm":  # a real resume (the run is finished: nothing to train)
+    run(copy, grad_transform=new)
+    assert notes[0] in capsys.readouterr().out
+    assert json.loads(path.read_text())["grad_transform"] == new
+
+
 def test_any_other_restore_failure_is_one_short_line(copy):
   """Without config.json nothing can be compared: a checkpoint of another model then fails in
   Orbax, whose message holds whole arrays; the trainer says one short line instead."""

@@ -714,6 +714,29 @@ def test_cli_errors_are_one_line(tmp_path, args, match):
   assert "Traceback" not in proc.stderr + proc.stdout
 
 
+def test_an_unexpected_error_keeps_its_traceback(tmp_path):
+  """Only the project's own errors become one line: a ValueError from a bug (here raised where
+  the model is initialized, as flax or JAX would) keeps its traceback."""
+  script = (
+    "from trainer import loop\n"
+    "def broken(*args, **kwargs):\n"
+    "  raise ValueError('an internal bug')\n"
+    "loop.create_train_state = broken\n" + MOCK_CLI
+  )
+  proc = subprocess.run(
+    [sys.executable, "-c", script, f"--workdir={tmp_path / 'work'}", *TINY_FLAGS],
+    env=subprocess_env(tmp_path / "cache"),
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert proc.returncode == 1, proc.stderr
+  assert "Traceback (most recent call last)" in proc.stderr
+  assert proc.stderr.rstrip().endswith("ValueError: an internal bug")
+  assert "error: an internal bug" not in proc.stderr
+
+
 # ---------------------------------------------------------------------------------------------
 # Real CIFAR-10
 # ---------------------------------------------------------------------------------------------

@@ -309,6 +309,20 @@ class ComplexAndIntegerLeavesTest(_TransformTestCase):
 # --- hyperparameters and the factory ---------------------------------------------------
 
 
+class ZeroSizeLeavesTest(_TransformTestCase):
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(*STATISTICS_TRANSFORMS)
+  def test_zero_size_leaves_pass_and_get_zero_statistics(self, name):
+    grads = {"empty": jnp.zeros((0, 3)), "w": jnp.array([[3.0, 4.0]])}
+    tx = STATISTICS_TRANSFORMS[name]()
+    updates, state = self.variant(tx.update)(grads, tx.init(grads))
+    assert updates["empty"].shape == (0, 3)
+    if name == "gradient_stats":
+      for field in ("norm", "mean", "std"):
+        assert float(getattr(state, field)["empty"]) == 0.0
+      assert (float(state.norm["w"]), float(state.mean["w"])) == (5.0, 3.5)
+
+
 class FactoryTest(_TransformTestCase):
   @parameterized.parameters(
     (lambda: zo.znorm(eps=-1e-8), "eps must be a finite number >= 0"),
@@ -342,10 +356,12 @@ class FactoryTest(_TransformTestCase):
     )
     for name in zo.GRADIENT_TRANSFORMS[1:]:
       assert name in zo.__all__ and callable(getattr(zo, name))
-    assert zo.GRADIENT_TRANSFORM_ALIASES == {
-      "clip": "clip_by_global_norm",
-      "clip_layer": "clip_by_layer_norm",
-    }
+
+  @parameterized.parameters("clip", "clip_layer", "clip_by_value")
+  def test_no_other_name_is_accepted(self, name):
+    # `clip` would be ambiguous: zo.clip clips by value, the old alias clipped by global norm.
+    with pytest.raises(ValueError, match=f"^unknown gradient transform '{name}'; valid names"):
+      zo.gradient_transform(name)
 
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.named_parameters(
@@ -360,20 +376,9 @@ class FactoryTest(_TransformTestCase):
   def test_gradient_transform_factory(self, name, kwargs, make_expected):
     grads = {"kernel": random_tree(5)["dense"]["kernel"] * 3, "conv": random_tree(5)["conv"]}
     with warnings.catch_warnings():
-      warnings.simplefilter("error")  # Canonical names never warn.
+      warnings.simplefilter("error")  # Nothing is deprecated.
       tx = zo.gradient_transform(name, **kwargs)
     expected = make_expected()
-    chex.assert_trees_all_close(self.update(tx, grads), self.update(expected, grads), rtol=1e-6)
-
-  @chex.variants(with_jit=True, without_jit=True)
-  @parameterized.parameters(
-    ("clip", "clip_by_global_norm", {}), ("clip_layer", "clip_by_layer_norm", {"max_norm": 2.0})
-  )
-  def test_deprecated_aliases_warn_and_build_the_same_transform(self, alias, canonical, kwargs):
-    grads = jax.tree.map(lambda g: 3 * g, random_tree(5))
-    with pytest.warns(DeprecationWarning, match=f"'{alias}' is deprecated; use '{canonical}'"):
-      tx = zo.gradient_transform(alias, **kwargs)
-    expected = zo.gradient_transform(canonical, **kwargs)
     chex.assert_trees_all_close(self.update(tx, grads), self.update(expected, grads), rtol=1e-6)
 
   @parameterized.parameters(
@@ -403,6 +408,66 @@ class FactoryTest(_TransformTestCase):
         u1, s1 = jax.jit(ours.update)(grads, s1, params)
         u2, s2 = jax.jit(expected.update)(grads, s2, params)
         chex.assert_trees_all_close(u1, u2, rtol=1e-6)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.product(
+    optimizer=("adam", "sgd"),
+    mask=("none", "kernels_only", "tree", "callable_tree"),
+  )
+  def test_znorm_optimizers_mask_against_numpy(self, optimizer, mask):
+    """Three steps of znorm_adam / znorm_sgd against a NumPy Adam / momentum SGD whose input
+    is ZNorm'd on the masked leaves and raw elsewhere."""
+    params, grads = random_tree(6), [random_tree(seed) for seed in (7, 8, 9)]
+    kernels = zo.masks.kernels_only(params)
+    masks = {
+      "none": (None, jax.tree.map(lambda _: True, params)),
+      "kernels_only": (zo.masks.kernels_only, kernels),
+      "tree": (kernels, kernels),
+      "callable_tree": (lambda p: {**kernels, "bn": {"bias": True, "scale": False}}, None),
+    }
+    mask_arg, normalized = masks[mask]
+    if normalized is None:
+      normalized = mask_arg(params)
+    lr = 1e-2
+    if optimizer == "adam":
+      tx = zo.znorm_adam(lr, znorm_eps=1e-6, mask=mask_arg)
+    else:
+      tx = zo.znorm_sgd(lr, momentum=0.9, znorm_eps=1e-6, mask=mask_arg)
+    state = tx.init(params)
+    update = self.variant(tx.update)
+    m = v = None
+    for step, g in enumerate(grads, start=1):
+      updates, state = update(g, state, params)
+      g_in = jax.tree.map(lambda x, on: numpy_znorm(x, 1e-6) if on else as_wide(x), g, normalized)
+      if optimizer == "adam":
+        m = (
+          jax.tree.map(lambda x: 0.1 * x, g_in)
+          if m is None
+          else jax.tree.map(lambda a, x: 0.9 * a + 0.1 * x, m, g_in)
+        )
+        v = (
+          jax.tree.map(lambda x: 0.001 * x**2, g_in)
+          if v is None
+          else jax.tree.map(lambda a, x: 0.999 * a + 0.001 * x**2, v, g_in)
+        )
+        c1, c2 = 1 - 0.9**step, 1 - 0.999**step
+        want = jax.tree.map(
+          lambda a, b, c1=c1, c2=c2: -lr * (a / c1) / (np.sqrt(b / c2) + 1e-8), m, v
+        )
+      else:
+        m = g_in if m is None else jax.tree.map(lambda a, x: 0.9 * a + x, m, g_in)
+        want = jax.tree.map(lambda a: -lr * a, m)
+      chex.assert_trees_all_close(wide(updates), want, rtol=2e-4, atol=1e-7)
+
+  def test_znorm_optimizers_mask_changes_only_the_unmasked_leaves(self):
+    params = {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}
+    grads = {"kernel": jnp.arange(6.0).reshape(3, 2), "bias": jnp.array([0.25, 0.75])}
+    everything = zo.znorm_sgd(1.0).update(grads, zo.znorm_sgd(1.0).init(params))[0]
+    masked_tx = zo.znorm_sgd(1.0, mask=zo.masks.kernels_only)
+    masked = masked_tx.update(grads, masked_tx.init(params), params)[0]
+    np.testing.assert_allclose(everything["bias"], [1.0, -1.0], rtol=1e-6)  # standardized
+    np.testing.assert_array_equal(masked["bias"], [-0.25, -0.75])  # the raw gradient
+    chex.assert_trees_all_equal(everything["kernel"], masked["kernel"])
 
 
 # --- composition with optax ----------------------------------------------------------

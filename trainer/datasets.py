@@ -27,6 +27,7 @@ from absl import logging
 from tensorflow_datasets.core.file_adapters import FileFormat
 
 from trainer import cifar_archive
+from trainer.errors import DataError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +45,10 @@ DATASETS = {
 }
 
 
-class DatasetNotFoundError(FileNotFoundError):
+_PREPARE_AGAIN = "delete that copy to have it downloaded and prepared again"
+
+
+class DatasetNotFoundError(DataError, FileNotFoundError):
   """The dataset is not prepared in the data dir and cannot be downloaded."""
 
 
@@ -146,17 +150,19 @@ def tfrecord_records(path) -> list[bytes]:
   The CRCs are not checked; a file cut short is an error.
 
   Raises:
-    ValueError: the file ends inside a record.
+    DataError: the file ends inside a record.
   """
   data = Path(path).read_bytes()
   records, offset = [], 0
   while offset < len(data):
     if offset + 12 > len(data):
-      raise ValueError(f"{path} is cut short (a record header at byte {offset})")
+      raise DataError(f"{path} is cut short (a record header at byte {offset}); {_PREPARE_AGAIN}")
     (length,) = struct.unpack_from("<Q", data, offset)
     start, end = offset + 12, offset + 12 + length
     if end + 4 > len(data):
-      raise ValueError(f"{path} is cut short (a record of {length} bytes at byte {offset})")
+      raise DataError(
+        f"{path} is cut short (a record of {length} bytes at byte {offset}); {_PREPARE_AGAIN}"
+      )
     records.append(data[start:end])
     offset = end + 4
   return records
@@ -183,9 +189,9 @@ class TFRecordSplit:
     if self._records is None:
       self._records = [r for path in self._info.filepaths for r in tfrecord_records(path)]
       if len(self._records) != len(self):
-        raise ValueError(
+        raise DataError(
           f"the TFRecord files of split {self._info.name} hold {len(self._records)} records, "
-          f"not the {len(self)} of its dataset_info.json; prepare the dataset again"
+          f"not the {len(self)} of its dataset_info.json; {_PREPARE_AGAIN}"
         )
     return self._features.deserialize_example_np(self._records[index])
 

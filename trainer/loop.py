@@ -20,7 +20,7 @@ from tqdm import tqdm
 from trainer import checkpoints, datasets, diagnostics
 from trainer import input_pipeline as ip
 from trainer import workdir as workdir_lib
-from trainer.errors import DivergedError, Interrupted
+from trainer.errors import ConfigError, DivergedError, Interrupted
 from trainer.metrics import MetricsWriter
 from trainer.optimizers import Optimizer, create_optimizer
 from trainer.plan import RunPlan, local_devices, validate_config
@@ -40,8 +40,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     The final state, on the host (unreplicated NumPy arrays); after SIGTERM, the state saved.
 
   Raises:
-    ValueError: a bad config value, or one that changes the trajectory of the workdir's run.
-    trainer.datasets.DatasetNotFoundError: the dataset is absent and cannot be downloaded.
+    trainer.errors.ConfigError: a bad config value, or one that changes the trajectory of the
+      workdir's run.
+    trainer.errors.DataError: the dataset is absent and cannot be downloaded, or damaged.
     trainer.errors.TrainerError: the workdir is in use or not writable, a checkpoint or metrics
       line cannot be restored or written, or the training diverged (one-line messages).
     trainer.errors.Interrupted: Ctrl-C; a checkpoint was saved at the step reached.
@@ -54,7 +55,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   validate_config(config, n_global)
   workdir = workdir_lib.prepare(workdir)
   with workdir_lib.lock(workdir), checkpoints.StopRequest() as stop:
-    workdir_lib.check_config(workdir, config, max(checkpoints.saved_steps(workdir), default=0))
+    saved_steps = checkpoints.saved_steps(workdir)
+    for note in workdir_lib.check_config(workdir, config, max(saved_steps, default=0)):
+      say(note)
     (train_images, train_labels), eval_splits = load_data(config)
     spec = datasets.DATASETS[config.dataset]
     plan = RunPlan.create(config, len(train_images))
@@ -184,15 +187,15 @@ def load_data(config: ml_collections.ConfigDict):
   def load(field):
     try:
       return datasets.load_split(config.dataset, config[field], config.data_dir)
-    except ValueError as e:
-      raise ValueError(f"--config.{field}={config[field]}: {e}") from None
+    except ValueError as e:  # a bad or empty split spec
+      raise ConfigError(f"--config.{field}={config[field]}: {e}") from None
 
   if config.validation_split:
     shared = datasets.shared_examples(
       config.dataset, config.train_split, config.validation_split, config.data_dir
     )
     if shared:
-      raise ValueError(
+      raise ConfigError(
         f"--config.validation_split={config.validation_split} shares {shared} examples with "
         f"--config.train_split={config.train_split}; choose a validation slice outside it, "
         "e.g. train[:4096] with train[-2000:]"

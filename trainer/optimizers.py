@@ -13,6 +13,7 @@ import ml_collections
 import optax
 
 import znorm_optax as zo
+from trainer.errors import ConfigError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "step")
@@ -20,9 +21,9 @@ GRAD_TRANSFORM_PARAMS = ("kernels", "all")
 
 
 def one_of(field: str, value, valid) -> None:
-  """Raises a one-line ValueError unless ``value`` is one of ``valid``."""
+  """Raises a one-line `ConfigError` unless ``value`` is one of ``valid``."""
   if value not in valid:
-    raise ValueError(f"unknown {field} {value!r}; valid values: {', '.join(map(str, valid))}")
+    raise ConfigError(f"unknown {field} {value!r}; valid values: {', '.join(map(str, valid))}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +41,7 @@ def create_learning_rate_schedule(
   """Linear warmup over `warmup_fraction` of the steps, then constant, cosine or step decay."""
   one_of("schedule", config.schedule, SCHEDULES)
   if not 0.0 <= config.warmup_fraction < 1.0:
-    raise ValueError(f"warmup_fraction={config.warmup_fraction} must be in [0, 1)")
+    raise ConfigError(f"warmup_fraction={config.warmup_fraction} must be in [0, 1)")
   lr = float(config.learning_rate)
   warmup = int(round(config.warmup_fraction * total_steps))
   if config.schedule == "cosine":
@@ -52,7 +53,7 @@ def create_learning_rate_schedule(
   else:
     bounds = tuple(config.step_boundaries)
     if any(not 0.0 < b < 1.0 for b in bounds):
-      raise ValueError(f"step_boundaries={bounds} must be fractions in (0, 1)")
+      raise ConfigError(f"step_boundaries={bounds} must be fractions in (0, 1)")
     main = optax.piecewise_constant_schedule(
       lr, {max(1, int(round(b * total_steps)) - warmup): config.step_decay for b in bounds}
     )
@@ -80,7 +81,7 @@ def create_grad_transform(config: ml_collections.ConfigDict) -> optax.GradientTr
     transform = zo.gradient_transform(config.grad_transform, **kwargs)
   except (TypeError, ValueError) as e:  # unknown name, keyword or bad value: name the fields
     fields = " ".join(f"--config.grad_transform_kwargs.{k}={v}" for k, v in kwargs.items())
-    raise ValueError(
+    raise ConfigError(
       f"--config.grad_transform={config.grad_transform} {fields}: {' '.join(str(e).split())}"
     ) from None
   if config.grad_transform_params == "kernels" and config.grad_transform != "none":
@@ -96,9 +97,9 @@ def create_optimizer(config: ml_collections.ConfigDict, total_steps: int) -> Opt
   """
   one_of("optimizer", config.optimizer, OPTIMIZERS)
   if config.weight_decay < 0:
-    raise ValueError(f"weight_decay={config.weight_decay} must be >= 0")
+    raise ConfigError(f"weight_decay={config.weight_decay} must be >= 0")
   if config.learning_rate <= 0:
-    raise ValueError(f"learning_rate={config.learning_rate} must be > 0")
+    raise ConfigError(f"learning_rate={config.learning_rate} must be > 0")
   schedule = create_learning_rate_schedule(config, total_steps)
   transform = create_grad_transform(config)
   wd = float(config.weight_decay)

@@ -1,7 +1,7 @@
 """Config -> the plan of a run: its devices, checked config and step counts, before any data is
 read or anything compiled.
 
-`validate_config` turns every bad value into a one-line ValueError naming the field and the fix;
+`validate_config` turns every bad value into a one-line `ConfigError` naming the field and the fix;
 `RunPlan` says what happens after which step (evaluation, checkpoint, diagnostics, the end) and
 how many steps the next dispatch runs.
 """
@@ -14,6 +14,7 @@ import jax
 import ml_collections
 
 from trainer import datasets
+from trainer.errors import ConfigError
 from trainer.optimizers import create_optimizer, one_of
 from trainer.state import DTYPES, create_model
 
@@ -26,12 +27,12 @@ def local_devices(config: ml_collections.ConfigDict) -> list:
   if n is None or n < 0 or (jax.process_count() > 1 and n == len(devices)):
     return devices
   if jax.process_count() > 1:
-    raise ValueError(
+    raise ConfigError(
       f"num_devices={n}: with {jax.process_count()} processes each one trains on all its "
       f"{len(devices)} devices; use --config.num_devices=-1"
     )
   if not 1 <= n <= len(devices):
-    raise ValueError(
+    raise ConfigError(
       f"num_devices={n} but this host has {len(devices)} devices; use -1 for all of them"
     )
   return devices[:n]
@@ -41,7 +42,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   """Checks the config before any data is read or anything compiled.
 
   Raises:
-    ValueError: with a one-line message naming the bad field and the valid values or the fix.
+    ConfigError: with a one-line message naming the bad field and the valid values or the fix.
   """
   one_of("dataset", config.dataset, tuple(datasets.DATASETS))
   one_of("dtype", config.dtype, tuple(DTYPES))
@@ -52,16 +53,16 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     if field == "eval_batch_size" and bs == -1:
       continue
     if bs <= 0 or bs % num_devices:
-      raise ValueError(
+      raise ConfigError(
         f"{field}={bs} is not divisible by the {num_devices} devices in use; "
         f"set --config.{field} to a positive multiple of {num_devices}"
       )
   if config.num_train_steps == 0 or (config.num_train_steps < 0 and config.num_epochs <= 0):
-    raise ValueError("nothing to train: set num_train_steps > 0 or num_epochs > 0")
+    raise ConfigError("nothing to train: set num_train_steps > 0 or num_epochs > 0")
   for field in ("diagnostics_every_steps", "steps_per_dispatch"):
     minimum = 1 if field == "steps_per_dispatch" else 0
     if config[field] < minimum:
-      raise ValueError(f"{field}={config[field]} must be >= {minimum}")
+      raise ConfigError(f"{field}={config[field]} must be >= {minimum}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +83,7 @@ class RunPlan:
   def create(cls, config: ml_collections.ConfigDict, num_train: int) -> RunPlan:
     steps_per_epoch = num_train // config.batch_size
     if steps_per_epoch == 0:
-      raise ValueError(
+      raise ConfigError(
         f"batch_size={config.batch_size} exceeds the {num_train} examples of {config.train_split!r}"
       )
 

@@ -15,6 +15,7 @@ import optax
 from flax import struct
 
 import models
+from trainer.errors import ConfigError
 from trainer.input_pipeline import AXIS_NAME
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -37,19 +38,22 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int):
   which would leave an 8x8 map for the first stage.
   """
   if config.model not in models.MODEL_NAMES:
-    raise ValueError(
+    raise ConfigError(
       f"unknown model {config.model!r}; valid values: {', '.join(models.MODEL_NAMES)}"
     )
   kwargs = {"widths": tuple(config.model_widths)} if config.model_widths else {}
-  return models.create_model(
-    config.model,
-    num_classes=num_classes,
-    axis_name=AXIS_NAME,
-    bn_momentum=config.bn_momentum,
-    dtype=DTYPES[config.dtype],
-    stem="cifar",
-    **kwargs,
-  )
+  try:
+    return models.create_model(
+      config.model,
+      num_classes=num_classes,
+      axis_name=AXIS_NAME,
+      bn_momentum=config.bn_momentum,
+      dtype=DTYPES[config.dtype],
+      stem="cifar",
+      **kwargs,
+    )
+  except ValueError as e:  # a bad width or momentum: the message names the field
+    raise ConfigError(f"--config.model={config.model}: {e}") from None
 
 
 def create_train_state(

@@ -21,7 +21,7 @@ import os
 import jax
 import ml_collections
 
-from trainer.errors import WorkdirError
+from trainer.errors import ConfigError, WorkdirError
 from trainer.metrics import append_record
 
 CONFIG_FILE = "config.json"
@@ -47,7 +47,12 @@ RESUMABLE_CHANGES = frozenset(
 )
 
 
-class ConfigChangedError(ValueError):
+# Gradient transform names of config.json files written before the library named the transforms
+# after its functions: read as the new name (the trajectory is the same).
+RENAMED_TRANSFORMS = {"clip": "clip_by_global_norm", "clip_layer": "clip_by_layer_norm"}
+
+
+class ConfigChangedError(ConfigError):
   """A trajectory-relevant field differs from the workdir's config.json."""
 
 
@@ -120,14 +125,29 @@ def changed_fields(old: dict, new: dict) -> dict[str, tuple]:
   }
 
 
-def config_changes(workdir: str, config: ml_collections.ConfigDict) -> dict[str, tuple]:
-  """``{field: (old, new)}`` between the workdir's config.json ({} if none) and ``config``."""
+def read_config(workdir: str) -> tuple[dict | None, list[str]]:
+  """The workdir's config.json (None if there is none), with old names read as the new ones
+  (`RENAMED_TRANSFORMS`), and one line per renamed value saying so."""
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
-    return {}
+    return None, []
   with open(path) as f:
-    old = json.load(f)
-  return changed_fields(old, json.loads(config.to_json()))
+    config = json.load(f)
+  notes = []
+  old_name = config.get("grad_transform")
+  if old_name in RENAMED_TRANSFORMS:
+    config["grad_transform"] = RENAMED_TRANSFORMS[old_name]
+    notes.append(
+      f"{path}: grad_transform {old_name!r} is now called {config['grad_transform']!r} "
+      "(the same transform); read as such"
+    )
+  return config, notes
+
+
+def config_changes(workdir: str, config: ml_collections.ConfigDict) -> dict[str, tuple]:
+  """``{field: (old, new)}`` between the workdir's config.json ({} if none) and ``config``."""
+  old, _ = read_config(workdir)
+  return {} if old is None else changed_fields(old, json.loads(config.to_json()))
 
 
 def refusal(
@@ -149,13 +169,17 @@ def refusal(
   return f"{head}{listed}; {fix}"
 
 
-def check_config(workdir: str, config: ml_collections.ConfigDict, step: int) -> None:
+def check_config(workdir: str, config: ml_collections.ConfigDict, step: int) -> list[str]:
   """Compares ``config`` with the workdir's config.json (if any) before a resume.
+
+  Returns:
+    The lines that say which old names of config.json were read as new ones.
 
   Raises:
     ConfigChangedError: a trajectory-relevant field changed (the `refusal` line).
   """
-  changes = config_changes(workdir, config)
+  old, notes = read_config(workdir)
+  changes = {} if old is None else changed_fields(old, json.loads(config.to_json()))
   message = refusal(workdir, changes)
   if message:
     raise ConfigChangedError(message)
@@ -164,6 +188,7 @@ def check_config(workdir: str, config: ml_collections.ConfigDict, step: int) -> 
       os.path.join(workdir, CONFIG_CHANGES_FILE),
       {"step": step, "changed": {k: list(v) for k, v in changes.items()}},
     )
+  return notes
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:

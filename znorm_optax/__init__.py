@@ -28,23 +28,8 @@ Example:
   True
 """
 
-GRADIENT_TRANSFORM_ALIASES: dict[str, str] = _optimizers.GRADIENT_TRANSFORM_ALIASES
-"""Deprecated names :func:`gradient_transform` still accepts, each mapped to its new name.
-
-``{'clip': 'clip_by_global_norm', 'clip_layer': 'clip_by_layer_norm'}``: the names
-configs used before the transform names became the function names. Using one emits a
-``DeprecationWarning`` naming the new name. ``'clip'`` here is clipping by *global
-norm*, not :func:`clip` (by value).
-
-Example:
-  >>> import znorm_optax as zo
-  >>> zo.GRADIENT_TRANSFORM_ALIASES['clip']
-  'clip_by_global_norm'
-"""
-
 __all__ = (
   "GRADIENT_TRANSFORMS",
-  "GRADIENT_TRANSFORM_ALIASES",
   "GradientStatsState",
   "centralize",
   "clip",

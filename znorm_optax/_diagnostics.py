@@ -30,10 +30,14 @@ class GradientStatsState(NamedTuple):
 
 
 def _mean(g: jax.Array) -> jax.Array:
+  if g.size == 0:  # No elements: as znorm leaves them, a zero statistic rather than an error.
+    return jnp.zeros((), _numerics.compute_dtype(g.dtype))
   return _numerics.moments(g, tuple(range(g.ndim))).mean.reshape(())
 
 
 def _std(g: jax.Array) -> jax.Array:
+  if g.size == 0:
+    return jnp.zeros((), jnp.float32)
   m = _numerics.moments(g, tuple(range(g.ndim)))
   return (m.scaled_std * m.scale).reshape(())
 
@@ -55,7 +59,8 @@ def gradient_stats() -> optax.GradientTransformation:
   the optimizer state (for instance with
   ``optax.tree_utils.tree_get_all_with_path(state, 'norm')`` or by indexing the chain's
   state tuple). The statistics cost one pass over the updates; use it for diagnostics.
-  Integer or boolean leaves raise ``TypeError``.
+  A zero-size leaf (which :func:`znorm` passes through) gets norm, mean and std 0;
+  integer or boolean leaves raise ``TypeError``.
 
   Returns:
     A :class:`optax.GradientTransformation` with state :class:`GradientStatsState`.

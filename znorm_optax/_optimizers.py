@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -27,10 +26,10 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
 # Documented in __init__.py, where the public names are.
 GRADIENT_TRANSFORMS: tuple[str, ...] = tuple(_FACTORIES)
 
-GRADIENT_TRANSFORM_ALIASES: dict[str, str] = {
-  "clip": "clip_by_global_norm",
-  "clip_layer": "clip_by_layer_norm",
-}
+
+def _masked_znorm(eps: chex.Numeric, mask: optax.MaskOrFn | None) -> optax.GradientTransformation:
+  transform = _normalization.znorm(eps)
+  return transform if mask is None else optax.masked(transform, mask)
 
 
 def _keyword_arguments(factory: Callable[..., Any]) -> list[str]:
@@ -48,6 +47,7 @@ def znorm_adam(
   eps: chex.Numeric = 1e-8,
   *,
   znorm_eps: chex.Numeric = 1e-8,
+  mask: optax.MaskOrFn | None = None,
 ) -> optax.GradientTransformation:
   r"""Adam on Z-score-normalized gradients, as in the paper.
 
@@ -59,9 +59,17 @@ def znorm_adam(
     u_t = -\eta_t \frac{m_t / (1 - \beta_1^t)}{\sqrt{v_t / (1 - \beta_2^t)} + \epsilon}
 
   per leaf (:func:`znorm`, then :func:`optax.adam`). Equal to
-  ``optax.chain(znorm(znorm_eps), optax.adam(learning_rate, b1, b2, eps))``. It
-  normalizes every leaf, biases included; to normalize kernels only, chain
-  ``optax.masked(znorm(), masks.kernels_only)`` with ``optax.adam`` yourself.
+  ``optax.chain(znorm(znorm_eps), optax.adam(learning_rate, b1, b2, eps))``, or with
+  ``mask`` to ``optax.chain(optax.masked(znorm(znorm_eps), mask), optax.adam(...))``:
+  leaves outside the mask reach Adam as they are.
+
+  By default (``mask=None``) every leaf is normalized, biases and normalization
+  parameters included, as the paper's formula reads and as ``optax.adamw``'s
+  ``mask=None`` applies weight decay everywhere: a bias or BatchNorm vector is then
+  rescaled to unit spread and recentred, whatever its gradient's size (a one-element leaf
+  has no spread and passes unchanged). For networks with biases and BatchNorm,
+  ``mask=masks.kernels_only`` (leaves with ``ndim >= 2``) is what the harness uses and
+  what we recommend.
 
   Args:
     learning_rate: A scalar or a schedule (``optax.Schedule``).
@@ -69,9 +77,12 @@ def znorm_adam(
     b2: Adam's decay rate for the second moment.
     eps: Adam's denominator constant.
     znorm_eps: :func:`znorm`'s constant added to each leaf's standard deviation.
+    mask: Which leaves :func:`znorm` normalizes, as ``optax.adamw`` takes it: a pytree
+      of booleans with the structure of the params (or a prefix of it), or a callable
+      from the params to such a pytree; ``None`` normalizes every leaf.
 
   Returns:
-    A :class:`optax.GradientTransformation` whose state is Adam's.
+    A :class:`optax.GradientTransformation` whose state is ``(znorm's, Adam's)``.
 
   Example:
     >>> import jax.numpy as jnp
@@ -84,6 +95,13 @@ def znorm_adam(
     >>> updates, state = opt.update(grads, state, params)
     >>> print(optax.apply_updates(params, updates)['w'].round(4))
     [ 0.9 -0.9  1.9]
+    >>> params = {'kernel': jnp.ones((2, 2)), 'bias': jnp.zeros(2)}
+    >>> grads = {'kernel': jnp.array([[1.0, 2.0], [3.0, 6.0]]), 'bias': jnp.array([0.5, 0.2])}
+    >>> for mask in (None, zo.masks.kernels_only):  # Adam's first step is sign-like
+    ...   opt = zo.znorm_adam(learning_rate=0.1, mask=mask)
+    ...   print(opt.update(grads, opt.init(params), params)[0]['bias'])
+    [-0.1  0.1]
+    [-0.1 -0.1]
 
   References:
     Yun, `ZNorm: Z-Score Gradient Normalization for Accelerating Skip-Connected Network
@@ -93,7 +111,7 @@ def znorm_adam(
     <https://arxiv.org/abs/1412.6980>`_, 2015.
   """
   return optax.chain(
-    _normalization.znorm(znorm_eps), optax.adam(learning_rate, b1=b1, b2=b2, eps=eps)
+    _masked_znorm(znorm_eps, mask), optax.adam(learning_rate, b1=b1, b2=b2, eps=eps)
   )
 
 
@@ -103,6 +121,7 @@ def znorm_sgd(
   nesterov: bool = False,
   *,
   znorm_eps: chex.Numeric = 1e-8,
+  mask: optax.MaskOrFn | None = None,
 ) -> optax.GradientTransformation:
   r"""SGD (optionally with momentum) on Z-score-normalized gradients.
 
@@ -113,17 +132,22 @@ def znorm_sgd(
     u_t = -\eta_t m_t
 
   per leaf (:math:`\beta = 0` without momentum). Equal to
-  ``optax.chain(znorm(znorm_eps), optax.sgd(learning_rate, momentum, nesterov))``.
-  ZNorm fixes the update's scale, so use a decaying ``learning_rate`` to converge.
+  ``optax.chain(znorm(znorm_eps), optax.sgd(learning_rate, momentum, nesterov))``, with
+  ``znorm`` wrapped in ``optax.masked(..., mask)`` when a ``mask`` is given (as in
+  :func:`znorm_adam`: ``None`` normalizes every leaf, as in the paper;
+  ``masks.kernels_only`` is the recommended mask). ZNorm fixes the update's scale, so use
+  a decaying ``learning_rate`` to converge.
 
   Args:
     learning_rate: A scalar or a schedule (``optax.Schedule``).
     momentum: Momentum decay rate, or ``None`` for plain SGD.
     nesterov: Whether to use Nesterov momentum.
     znorm_eps: :func:`znorm`'s constant added to each leaf's standard deviation.
+    mask: Which leaves :func:`znorm` normalizes: a pytree of booleans or a callable
+      returning one, as ``optax.adamw`` takes it; ``None`` normalizes every leaf.
 
   Returns:
-    A :class:`optax.GradientTransformation` whose state is SGD's.
+    A :class:`optax.GradientTransformation` whose state is ``(znorm's, SGD's)``.
 
   Example:
     >>> import jax.numpy as jnp
@@ -141,7 +165,7 @@ def znorm_sgd(
     2024.
   """
   return optax.chain(
-    _normalization.znorm(znorm_eps),
+    _masked_znorm(znorm_eps, mask),
     optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov),
   )
 
@@ -159,14 +183,13 @@ def gradient_transform(name: str, **kwargs: Any) -> optax.GradientTransformation
   ``clip_by_layer_norm``  :func:`clip_by_layer_norm` (Keras clipnorm)  ``max_norm=1.0``
   ======================= ============================================ ==================
 
-  The names are the library's function names (:data:`GRADIENT_TRANSFORMS`) and
-  ``kwargs`` go straight to the function, with the defaults above. The old names
-  ``clip`` and ``clip_layer`` (:data:`GRADIENT_TRANSFORM_ALIASES`) still work but emit a
-  ``DeprecationWarning`` naming the new one; by-value clipping (:func:`clip`) has no
-  name here.
+  The names are the library's function names (:data:`GRADIENT_TRANSFORMS`) and nothing
+  else, and ``kwargs`` go straight to the function, with the defaults above. By-value
+  clipping (:func:`clip`) has no name here: ``clip`` is not a valid name, so it cannot be
+  mistaken for clipping by global norm.
 
   Args:
-    name: One of :data:`GRADIENT_TRANSFORMS` (or a deprecated alias).
+    name: One of :data:`GRADIENT_TRANSFORMS`.
     **kwargs: The chosen transform's keyword arguments.
 
   Returns:
@@ -183,23 +206,15 @@ def gradient_transform(name: str, **kwargs: Any) -> optax.GradientTransformation
     ('none', 'znorm', 'centralize', 'clip_by_global_norm', 'clip_by_layer_norm')
     >>> opt = optax.chain(zo.gradient_transform('znorm', axis=(0, 1, 2)), optax.adam(1e-3))
     >>> opt = optax.chain(zo.gradient_transform('clip_by_global_norm'), optax.adam(1e-3))
-    >>> zo.gradient_transform('zscore')
+    >>> zo.gradient_transform('clip')
     Traceback (most recent call last):
     ...
-    ValueError: unknown gradient transform 'zscore'; valid names: none, znorm, ...
+    ValueError: unknown gradient transform 'clip'; valid names: none, znorm, ...
     >>> zo.gradient_transform('znorm', epsilon=1e-6)
     Traceback (most recent call last):
     ...
     TypeError: gradient transform 'znorm' got unknown keyword argument(s) epsilon; ...
   """
-  if name in GRADIENT_TRANSFORM_ALIASES:
-    canonical = GRADIENT_TRANSFORM_ALIASES[name]
-    warnings.warn(
-      f"gradient transform name {name!r} is deprecated; use {canonical!r}",
-      DeprecationWarning,
-      stacklevel=2,
-    )
-    name = canonical
   if name not in _FACTORIES:
     raise ValueError(
       f"unknown gradient transform {name!r}; valid names: {', '.join(GRADIENT_TRANSFORMS)}"
