@@ -24,8 +24,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 import znorm_optax as zo
+import configs
 from configs import default
-from trainer import checkpoints, datasets, diagnostics, optimizers, plan, steps
+from trainer import checkpoints, datasets, diagnostics, loop, optimizers, plan, steps
 from trainer import input_pipeline as ip
 from trainer import state as state_lib
 from trainer.loop import train_and_evaluate
@@ -164,6 +165,16 @@ def test_paper_configs_differ_from_default_in_the_transform(name, transform):
   differing = {k for k in base.keys() if config[k] != base[k]}
   assert differing <= {"grad_transform", "grad_transform_params"}
   plan.validate_config(config, 4)
+
+
+def test_the_quick_config_is_the_default_cut_short():
+  quick, full = configs.make_config("quick").to_dict(), default.get_config().to_dict()
+  changed = {k: (full[k], quick[k]) for k in full if full[k] != quick[k]}
+  assert changed == {
+    "train_split": ("train", "train[:5120]"),
+    "eval_split": ("test", "test[:2000]"),
+    "num_epochs": (100, 3),
+  }
 
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine", "step"])
@@ -408,7 +419,14 @@ def load_npz(path):
 
 def test_smoke_run_writes_all_outputs(runs):
   workdir = runs["base"] / "ref"
-  assert "Done at step 12" in runs["first"]["ref"]["stdout"]
+  stdout = runs["first"]["ref"]["stdout"]
+  assert "Done at step 12" in stdout
+  # Off a terminal too, the first timed dispatch says how long the run takes.
+  assert re.search(
+    r"^\d+ img/s on cpu: about \d+ s for the 3 epochs; first evaluation in about \d+ s$",
+    stdout,
+    re.MULTILINE,
+  ), stdout
   rows = read_metrics(workdir)
   assert [r["step"] for r in rows] == [4, 8, 12]
   for r in rows:
@@ -423,6 +441,39 @@ def test_smoke_run_writes_all_outputs(runs):
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
   assert finalized_steps(workdir) == [8, 10, 12]  # keep_checkpoints=3
   assert int(load_npz(runs["base"] / "ref.npz")["['step']"]) == 12
+
+
+@pytest.mark.parametrize(
+  "step, start, rate, want",
+  [
+    (
+      16,
+      0,
+      205.0,
+      "205 img/s on cpu: about 6.8 h for the 100 epochs; first evaluation in about 4 min",
+    ),
+    (
+      8,
+      0,
+      1000.0,
+      "1000 img/s on cpu: about 83 min for the 100 epochs; first evaluation in about 49 s",
+    ),
+    (
+      20_008,
+      20_000,
+      2e4,
+      "20000 img/s on cpu: about 2 min for the 48.7 epochs left; next evaluation in about 2 s",
+    ),
+  ],
+)
+def test_the_forecast_counts_the_steps_left_at_the_measured_rate(step, start, rate, want):
+  """ResNet-20 defaults: 390 steps per epoch of 128 images, 100 epochs, one evaluation per
+  epoch. 205 img/s: 39,000 steps x 128 / 205 = 24,351 s = 6.8 h; (390 - 16) x 128 / 205 =
+  234 s to the first evaluation."""
+  config = default.get_config()
+  run_plan = plan.RunPlan.create(config, 50_000)
+  assert (run_plan.total_steps, run_plan.steps_per_epoch) == (39_000, 390)
+  assert loop.forecast_line(run_plan, step, start, rate, "cpu") == want
 
 
 def test_eval_counts_every_example_once():

@@ -90,7 +90,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         config, model, optimizer.grad_transform, spec, dtype, devices, state, train_images.shape[1:]
       )
     r_state = ip.replicate(state, devices)
-    watch, compiled, stopping, window = Stopwatch(), set(), False, DispatchWindow()
+    watch, stopping, window, first_step = Stopwatch(), False, DispatchWindow(), step
     pbar = progress_bar(plan, step, host0)
     try:
       while step < plan.total_steps and not stopping:
@@ -102,16 +102,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         idx = ip.dispatch_indices(
           config.seed, step, n, len(train_images), config.batch_size, len(devices)
         )
-        first = n not in compiled  # the first dispatch of each size compiles: not training time
-        if first:
-          watch.stop(r_state)
+        watch.before_dispatch(n, r_state)
         r_state, metrics = steps.train(r_state, *train_data, ip.shard(idx, devices))
-        if first:
-          jax.block_until_ready(metrics)
-          compiled.add(n)
-          watch.start()
-        else:
-          watch.count(n * config.batch_size)
+        rate = watch.after_dispatch(n, n * config.batch_size, metrics)
+        if rate is not None and host0:  # the first timed dispatch: how long the run takes
+          say(forecast_line(plan, step + n, first_step, rate, devices[0].platform))
         train_metrics.add(step, metrics)
         window.add(metrics)
         step += n
@@ -304,12 +299,33 @@ def progress_bar(plan: RunPlan, step: int, host0: bool) -> tqdm:
 
 
 class Stopwatch:
-  """Training time between evaluations: compiling, evaluating, checkpointing and diagnostics
-  are left out (`paused`, after waiting for the steps in flight), so ``images_per_second`` is
-  the steady-state rate."""
+  """Training time between evaluations: compiling (the first dispatch of each size),
+  evaluating, checkpointing and diagnostics are left out (`paused`, after waiting for the steps
+  in flight), so ``images_per_second`` is the steady-state rate."""
 
   def __init__(self):
     self.seconds, self.images, self._since, self._pending = 0.0, 0, time.perf_counter(), 0
+    self._compiled: set[int] = set()
+    self._first_rate_taken = False
+
+  def before_dispatch(self, size: int, in_flight) -> None:
+    if size not in self._compiled:  # this dispatch compiles: not training time
+      self.stop(in_flight)
+
+  def after_dispatch(self, size: int, images: int, outputs) -> float | None:
+    """Counts a dispatch of ``size`` steps; returns the rate of the first timed dispatch (the
+    first of a size already compiled, waited for and measured alone), else None."""
+    if size not in self._compiled:
+      jax.block_until_ready(outputs)
+      self._compiled.add(size)
+      self.start()
+      return None
+    self.count(images)
+    if self._first_rate_taken:
+      return None
+    self._first_rate_taken = True
+    jax.block_until_ready(outputs)
+    return self._pending / (time.perf_counter() - self._since)
 
   def start(self) -> None:
     self._since, self._pending = time.perf_counter(), 0
@@ -333,6 +349,29 @@ class Stopwatch:
     rate = self.images / self.seconds if self.images else None
     self.seconds, self.images = 0.0, 0
     return rate
+
+
+def forecast_line(plan: RunPlan, step: int, start: int, rate: float, platform: str) -> str:
+  """How long the rest of the run and the next evaluation take at ``rate`` images/s, counted
+  from ``step`` (training time: evaluations, checkpoints and compiling add to it); ``start``:
+  the step this sitting began at (0, or where it resumed)."""
+  seconds_per_step = plan.batch_size / rate
+  next_eval = min(plan.total_steps, (step // plan.eval_every + 1) * plan.eval_every)
+  epochs = (plan.total_steps - start) / plan.steps_per_epoch
+  run = duration((plan.total_steps - start) * seconds_per_step)
+  scope, evaluation = ("", "first") if start == 0 else (" left", "next")
+  return (
+    f"{rate:.0f} img/s on {platform}: about {run} for the {epochs:.3g} epochs{scope}; "
+    f"{evaluation} evaluation in about {duration((next_eval - step) * seconds_per_step)}"
+  )
+
+
+def duration(seconds: float) -> str:
+  if seconds < 90:
+    return f"{seconds:.0f} s"
+  if seconds < 90 * 60:
+    return f"{seconds / 60:.0f} min"
+  return f"{seconds / 3600:.1f} h"
 
 
 def say(*args) -> None:

@@ -72,6 +72,7 @@ class RunPlan:
 
   total_steps: int
   steps_per_epoch: int
+  batch_size: int
   eval_every: int
   checkpoint_every: int
   log_every: int
@@ -97,6 +98,7 @@ class RunPlan:
         else config.num_epochs * steps_per_epoch
       ),
       steps_per_epoch=steps_per_epoch,
+      batch_size=config.batch_size,
       eval_every=every(config.eval_every_steps),
       checkpoint_every=every(config.checkpoint_every_steps),
       log_every=config.log_every_steps,
