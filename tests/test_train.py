@@ -23,8 +23,8 @@ import optax
 import pytest
 import tensorflow_datasets as tfds
 
-import znorm_optax as zo
 import configs
+import znorm_optax as zo
 from configs import default
 from trainer import checkpoints, datasets, diagnostics, loop, optimizers, plan, steps
 from trainer import input_pipeline as ip
