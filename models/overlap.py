@@ -9,6 +9,10 @@ The perturbation points cost nothing unless a 'perturbations' collection is pass
 `model.init` never creates one (`split_input` is the identity while initializing), so the
 variables from `init` hold only 'params' and 'batch_stats'.  Never call `apply` with
 `mutable=True`: that would create the collection (zeros shaped like that batch).
+
+`param_and_block_input_grads` differentiates any objective of the variables: the trainer passes
+its own training loss (`trainer.steps.train_loss`), so its diagnostics measure the gradients of
+the very loss it trains on. `model_loss` is the objective of the standalone helpers.
 """
 
 import flax.linen as nn
@@ -35,8 +39,20 @@ def split_input(module: nn.Module, x):
 
 
 def softmax_cross_entropy(logits, labels):
-  """Mean softmax cross-entropy with integer labels (the default loss of this module)."""
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+  """Mean softmax cross-entropy with integer labels, on float32 logits."""
+  return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels).mean()
+
+
+def model_loss(model: nn.Module, images, labels, *, train: bool, loss_fn=softmax_cross_entropy):
+  """The objective ``variables -> loss_fn(model.apply(variables, images), labels)`` (BatchNorm
+  on batch statistics with ``train=True``, the updated statistics discarded), for
+  `param_and_block_input_grads`."""
+
+  def objective(variables):
+    out = model.apply(variables, images, train=train, mutable=["batch_stats"] if train else False)
+    return loss_fn(out[0] if train else out, labels)
+
+  return objective
 
 
 def _zero_perturbations(model: nn.Module, variables, images):
@@ -76,25 +92,21 @@ def block_names(model: nn.Module, variables, images) -> tuple[str, ...]:
   return tuple("/".join(path) for path in _zero_perturbations(model, variables, images)[1])
 
 
-def param_and_block_input_grads(
-  model: nn.Module, variables, images, labels, *, train: bool = True, loss_fn=softmax_cross_entropy
-):
+def param_and_block_input_grads(model: nn.Module, variables, images, objective):
   """The gradient w.r.t. the parameters and the exact skip/branch parts of dL/dx at every
   residual block input, from one backward pass.
 
-  With `train=True` BatchNorm uses batch statistics (gradients flow through them) and the
-  updated 'batch_stats' are discarded.  If the model has an `axis_name`, call this inside
-  pmap/shard_map over that axis when `train=True`.
+  If the model has an `axis_name` and the objective runs BatchNorm in train mode, call this
+  inside pmap/shard_map over that axis.
 
   Args:
-    model: a flax module whose blocks use `split_input`, called as
-      `model.apply(variables, images, train=bool)`.
+    model: a flax module whose blocks use `split_input`.
     variables: the model variables ('params', 'batch_stats'); a 'perturbations' collection
       is ignored.
-    images: the input batch.
-    labels: the targets passed to `loss_fn`.
-    train: BatchNorm mode of the forward pass.
-    loss_fn: `loss_fn(logits, labels) -> scalar`; mean softmax cross-entropy by default.
+    images: the input batch of the objective (its shape sets the perturbations').
+    objective: `objective(variables) -> scalar`, the loss of `model.apply(variables, images,
+      ...)`; `variables` then also hold the zero perturbations, whose gradients are the split
+      (`model_loss` builds the usual one).
 
   Returns:
     `(param_grads, blocks)`: dL/dparams shaped like `variables['params']`, and
@@ -105,13 +117,7 @@ def param_and_block_input_grads(
   base = _without_perturbations(variables)
 
   def loss(params, perturbations):
-    out = model.apply(
-      {**base, "params": params, COLLECTION: perturbations},
-      images,
-      train=train,
-      mutable=["batch_stats"] if train else False,
-    )
-    return loss_fn(out[0] if train else out, labels)
+    return objective({**base, "params": params, COLLECTION: perturbations})
 
   param_grads, grads = jax.grad(loss, argnums=(0, 1))(base["params"], zeros)
   grads = flatten_dict(grads)
@@ -124,16 +130,16 @@ def block_input_grads(
 ):
   """Exact skip-path and branch contributions to dL/dx at every residual block input.
 
-  The second output of `param_and_block_input_grads` (arguments as there; under `jax.jit`
-  the unused parameter gradient is not computed).
+  The second output of `param_and_block_input_grads` for `model_loss` (under `jax.jit` the
+  unused parameter gradient is not computed): BatchNorm in ``train`` mode, ``loss_fn(logits,
+  labels)`` (mean softmax cross-entropy by default).
 
   Returns:
     {block path: {"skip": dL/dx via the shortcut, "branch": dL/dx via the branch}}, each
     shaped like the block input, in forward order (sorted order under `jax.jit`).
   """
-  return param_and_block_input_grads(
-    model, variables, images, labels, train=train, loss_fn=loss_fn
-  )[1]
+  objective = model_loss(model, images, labels, train=train, loss_fn=loss_fn)
+  return param_and_block_input_grads(model, variables, images, objective)[1]
 
 
 def block_gradient_split(

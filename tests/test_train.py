@@ -17,7 +17,9 @@ import subprocess
 import sys
 import time
 
+import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -971,6 +973,50 @@ def test_diagnostics_are_the_exact_gradients_of_the_step(diag_run):
     for stat in SPLIT_STATS[:3]:
       assert row["blocks"][name][stat] == pytest.approx(split[name][stat], rel=1e-4)
     assert row["blocks"][name]["cosine"] == pytest.approx(split[name]["cosine"], abs=1e-4)
+
+
+def test_the_diagnostics_measure_the_gradient_the_train_step_applies():
+  """A spy at the end of the train step's chain keeps its input, the pmean'ed gradient the
+  step applies, as its state; the diagnostic step on the same state and batch reports the
+  statistics of that very gradient (both differentiate `steps.train_loss`)."""
+  spy = optax.GradientTransformation(
+    lambda params: jax.tree.map(jnp.zeros_like, params),
+    lambda updates, state, params=None: (jax.tree.map(jnp.zeros_like, updates), updates),
+  )
+  tx = optax.chain(optax.identity(), spy)
+  config = tiny_config(num_devices=2)
+  devices = jax.local_devices()[:2]
+  model = state_lib.create_model(config, 10)
+  state = state_lib.create_train_state(config, model, tx, (32, 32, 3))
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    images, labels = datasets.load_split("cifar10", "train")
+  spec = datasets.DATASETS["cifar10"]
+  data = ip.replicate((images, labels), devices)
+  idx = ip.shard(ip.dispatch_indices(config.seed, 0, 1, len(images), 16, 2), devices)
+  fns = steps.make_steps(
+    model, tx, spec, seed=config.seed, dtype=jnp.float32, augment=True, devices=devices
+  )
+  measure = jax.pmap(
+    functools.partial(
+      diagnostics.diagnostic_step,
+      model=model,
+      grad_transform=optax.identity(),
+      seed=config.seed,
+      mean=spec.mean,
+      std=spec.std,
+    ),
+    axis_name=ip.AXIS_NAME,
+    devices=devices,
+  )
+  measured = ip.unreplicate(measure(ip.replicate(state, devices), *data, idx))
+  applied = ip.unreplicate(fns.train(ip.replicate(state, devices), *data, idx)[0]).opt_state[1]
+  stats = zo.gradient_stats()
+  want = stats.update(applied, stats.init(applied))[1]
+  assert float(jnp.abs(jax.tree.leaves(applied)[0]).max()) > 0
+  for field in ("norm", "mean", "std"):
+    chex.assert_trees_all_close(
+      getattr(measured["grad"], field), getattr(want, field), rtol=1e-6, atol=1e-7
+    )
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnet20"])

@@ -28,6 +28,7 @@ import znorm_optax as zo
 from trainer import input_pipeline as ip
 from trainer.datasets import DatasetSpec
 from trainer.state import TrainState
+from trainer.steps import train_loss
 
 SPLIT_STATS = ("skip_norm", "branch_norm", "total_norm", "cosine")
 _LAYER_STATS = ("norm", "mean", "std")
@@ -55,10 +56,11 @@ def diagnostic_step(
 ) -> dict:
   """The gradient of the step that `state` is about to take, measured, over the global batch.
 
-  Takes the train step's inputs for the same step (same batch and augmentation, BatchNorm in
-  train mode): ``indices`` ``[1, per_device]`` into the resident split.  Exact: the parameter
-  gradient is pmean'ed as in the train step and passed through the run's gradient transform
-  (its state is ``state.opt_state[0]``); each device gets its slice of dL/dx for the global mean
+  Takes the train step's inputs for the same step (same batch and augmentation) and
+  differentiates the step's own `train_loss`: ``indices`` ``[1, per_device]`` into the
+  resident split. Exact: the parameter gradient is pmean'ed as in the train step and passed
+  through the run's gradient transform (its state is ``state.opt_state[0]``); each device gets
+  its slice of dL/dx for the global mean
   loss L (under pmap the gradient of the per-device loss through the synchronized BatchNorm is
   that of the sum of the per-device losses: hence the division by the device count), and the
   norms and dot products are summed over the devices.
@@ -80,7 +82,7 @@ def diagnostic_step(
   )
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   grads, block_grads = models.param_and_block_input_grads(
-    model, variables, x, labels[idx], train=True
+    model, variables, x, lambda v: train_loss(model.apply, v, x, labels[idx])[0]
   )
   grads = lax.pmean(grads, axis_name)
   updates, _ = grad_transform.update(grads, state.opt_state[0], state.params)

@@ -1,6 +1,8 @@
 """The pure steps, pmapped over AXIS_NAME (they use only the axis name and explicit
 collectives, so they map with `jax.shard_map` as well).
 
+* `train_loss`: the training objective, defined once: the train step, the gradient
+  diagnostics and their skip/branch split all differentiate it.
 * `train_step`: one optimizer step on this device's part of the global batch.
 * `train_steps`: K train steps in one compiled call, each gathering its batch from the
   device-resident split by index: one dispatch per K steps.
@@ -21,11 +23,30 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+import models
 from trainer import input_pipeline as ip
 from trainer.datasets import DATASETS, DatasetSpec
 from trainer.state import DTYPES, TrainState
 
 AXIS_NAME = ip.AXIS_NAME
+
+
+def train_loss(apply_fn: Callable, variables, x: jax.Array, labels: jax.Array):
+  """The training objective: the model in train mode (BatchNorm on the batch's statistics,
+  synchronized over the devices), float32 logits, mean softmax cross-entropy.
+
+  Args:
+    apply_fn: the model's apply.
+    variables: ``{"params", "batch_stats"}`` (and any other collection, such as the
+      perturbations of `models.param_and_block_input_grads`).
+    x: the normalized (augmented) model input, ``labels`` its integer labels.
+
+  Returns:
+    ``(loss, (logits, updated batch_stats))``.
+  """
+  logits, updated = apply_fn(variables, x, train=True, mutable=["batch_stats"])
+  logits = logits.astype(jnp.float32)
+  return models.softmax_cross_entropy(logits, labels), (logits, updated["batch_stats"])
 
 
 def train_step(
@@ -70,12 +91,7 @@ def train_step(
   )
 
   def loss_fn(params):
-    logits, new_vars = apply_fn(
-      {"params": params, "batch_stats": state.batch_stats}, x, train=True, mutable=["batch_stats"]
-    )
-    logits = logits.astype(jnp.float32)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    return loss, (logits, new_vars["batch_stats"])
+    return train_loss(apply_fn, {"params": params, "batch_stats": state.batch_stats}, x, labels)
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   grads = lax.pmean(grads, axis_name)
