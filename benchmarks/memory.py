@@ -8,7 +8,9 @@ model and reports the peak resident set size (the whole CIFAR split is held in h
 memory as uint8, so this includes the dataset). Run from the project root:
 
   python -m benchmarks.memory
-  python -m benchmarks.memory --train --data_dir ../shared/data/tfds --steps 20
+  python -m benchmarks.memory --train --data_dir ~/tensorflow_datasets --steps 20
+
+``--json PATH`` also writes the figures.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import optax
 
 import models
 import znorm_optax as zo
+from trainer.files import markdown_table, write_json
 
 
 def tree_bytes(tree) -> int:
@@ -80,17 +83,29 @@ def main(argv=None):
   parser.add_argument("--train", action="store_true", help="also measure peak RSS of train.py")
   parser.add_argument("--data_dir", default=None)
   parser.add_argument("--steps", type=int, default=20)
+  parser.add_argument("--json", default=None, help="also write the figures to this file")
   args = parser.parse_args(argv)
-  for name in args.models.split(","):
-    sizes = optimizer_state_bytes(name)
-    print(f"\n{name}: optimizer state bytes (params: {sizes.pop('params'):,})")
-    for variant, size in sizes.items():
-      print(f"  {variant:18s} {size:>12,d}  ({size / sizes['none+adam']:.3f}x adam)")
-    assert len(set(sizes.values())) == 1, "a transform added optimizer state"
+  names = args.models.split(",")
+  figures = {"optimizer_state_bytes": {name: optimizer_state_bytes(name) for name in names}}
+  variants = [v for v in figures["optimizer_state_bytes"][names[0]] if v != "params"]
+  rows = []
+  for name, sizes in figures["optimizer_state_bytes"].items():
+    rows.append((name, f"{sizes['params']:,}", *(f"{sizes[v]:,}" for v in variants)))
+    if len({sizes[v] for v in variants}) != 1:
+      raise SystemExit(f"memory: a transform added optimizer state on {name}: {sizes}")
+  print("optimizer state bytes (every transform + adam = adam alone)\n")
+  header = ("model", "params", *variants)
+  print("\n".join(markdown_table(header, rows, (False, *[True] * (len(variants) + 1)))))
   if args.train:
-    print(f"\npeak host memory of train.py ({args.steps} steps, batch 128)")
-    for name in args.models.split(","):
-      print(f"  {name:10s} {peak_rss_mib(name, args.data_dir, args.steps):8.0f} MiB")
+    figures["peak_rss_mib"] = {
+      name: peak_rss_mib(name, args.data_dir, args.steps) for name in names
+    }
+    print(f"\npeak host memory of train.py ({args.steps} steps, batch 128)\n")
+    rss = [(name, f"{mib:.0f}") for name, mib in figures["peak_rss_mib"].items()]
+    print("\n".join(markdown_table(("model", "peak RSS (MiB)"), rss, (False, True))))
+  if args.json:
+    write_json(args.json, figures)
+  return figures
 
 
 if __name__ == "__main__":

@@ -10,11 +10,12 @@
   one evaluation, made a single batch (``test[:128]``) so that evaluation, a separate cost,
   stays out of the figure.
 
-For each ``--steps_per_dispatch`` K the report gives images/s of both and their ratio (target:
+For each ``--steps_per_dispatch`` K the table gives images/s of both and their ratio (target:
 train.py >= 95% of the bare step), and the FLOP rate of the train step (XLA's cost analysis)
-next to a large float32 matmul's. Run from the project root:
+next to a large float32 matmul's; ``--json PATH`` writes the same figures. Run from the project
+root:
 
-  python -m benchmarks.train_throughput --data_dir ../shared/data/tfds --steps_per_dispatch 1,8
+  python -m benchmarks.train_throughput --data_dir ~/tensorflow_datasets --steps_per_dispatch 1,8
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from configs import default
+import configs
 from trainer import datasets, plan
 from trainer import input_pipeline as ip
+from trainer.files import markdown_table, write_json
 from trainer.loop import train_and_evaluate
 from trainer.metrics import read_metrics
 from trainer.optimizers import create_optimizer
@@ -38,15 +40,15 @@ from trainer.steps import config_steps
 
 
 def make_config(args, steps_per_dispatch: int) -> ml_collections.ConfigDict:
-  config = default.get_config()
-  config.model = args.model
-  config.data_dir = args.data_dir
-  config.train_split = args.train_split
-  config.eval_split = "test[:128]"  # one batch: the evaluation itself costs ~nothing
-  config.batch_size = args.batch
-  config.dtype = args.dtype
-  config.steps_per_dispatch = steps_per_dispatch
-  return config
+  return configs.make_config(
+    model=args.model,
+    data_dir=args.data_dir,
+    train_split=args.train_split,
+    eval_split=f"test[:{args.batch}]",  # one batch: the evaluation itself costs ~nothing
+    batch_size=args.batch,
+    dtype=args.dtype,
+    steps_per_dispatch=steps_per_dispatch,
+  )
 
 
 def bare_step_rate(config, images, labels, steps: int) -> tuple[float, float, float]:
@@ -111,14 +113,16 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
   parser.add_argument("--train_split", default="train[:6400]")
   parser.add_argument("--steps_per_dispatch", default="1,8", help="comma-separated K values")
+  parser.add_argument("--json", default=None, help="also write the figures to this file")
   args = parser.parse_args(argv)
   images, labels = datasets.load_split("cifar10", args.train_split, args.data_dir)
   steps = images.shape[0] // args.batch
-  print(
+  setting = (
     f"jax {jax.__version__}, {jax.local_device_count()} x {jax.devices()[0].device_kind}; "
     f"{args.model}, batch {args.batch}, {args.dtype}, {steps} steps = 1 epoch of "
     f"{args.train_split}"
   )
+  print(setting)
   results = []
   for k in (int(v) for v in args.steps_per_dispatch.split(",")):
     config = make_config(args, k)
@@ -127,27 +131,41 @@ def main(argv=None) -> list[dict]:
     bare_before, flops, step_seconds = bare_step_rate(config, images, labels, steps)
     e2e = train_py_rate(config, steps)
     bare_after, _, _ = bare_step_rate(config, images, labels, steps)
-    bare = (bare_before + bare_after) / 2
-    print(
-      f"K={k:<3d} bare step : {bare:8.1f} images/s  (before {bare_before:.1f}, after "
-      f"{bare_after:.1f})"
-    )
-    print(f"K={k:<3d} train.py  : {e2e:8.1f} images/s  ({e2e / bare:.1%} of bare)")
-    print(
-      f"K={k:<3d} train step: {flops / 1e9:8.2f} GFLOP/step, "
-      f"{flops / step_seconds / 1e9:.1f} GFLOP/s"
-    )
     results.append(
       {
         "steps_per_dispatch": k,
-        "bare": bare,
+        "bare": (bare_before + bare_after) / 2,
+        "bare_before": bare_before,
+        "bare_after": bare_after,
         "train_py": e2e,
         "flops_per_step": flops,
         "step_seconds": step_seconds,
       }
     )
   matmul = matmul_flop_rate()
-  print(f"2048^2 f32 matmul: {matmul / 1e9:8.1f} GFLOP/s")
+  rows = [
+    (
+      r["steps_per_dispatch"],
+      f"{r['bare']:.1f} ({r['bare_before']:.1f} / {r['bare_after']:.1f})",
+      f"{r['train_py']:.1f}",
+      f"{r['train_py'] / r['bare']:.1%}",
+      f"{r['flops_per_step'] / 1e9:.2f}",
+      f"{r['flops_per_step'] / r['step_seconds'] / 1e9:.1f}",
+    )
+    for r in results
+  ]
+  header = (
+    "K",
+    "bare step img/s (before / after)",
+    "train.py img/s",
+    "of bare",
+    "GFLOP/step",
+    "GFLOP/s",
+  )
+  print("\n".join(markdown_table(header, rows, (True,) * 6)))
+  print(f"2048^2 float32 matmul: {matmul / 1e9:.1f} GFLOP/s")
+  if args.json:
+    write_json(args.json, {"setting": setting, "results": results, "matmul_flops": matmul})
   return results
 
 

@@ -18,8 +18,8 @@ Part 2 (``--part step``): the trainer's own train step (`trainer.steps.make_step
 augmentation, forward, backward, update) of resnet20 with no transform vs ZNorm.
 
 Variants are interleaved and repeated in rounds; each round times every variant once
-(``--iters`` calls), and the report gives medians over rounds with the ratio to Adam
-alone and to the floor. Run from the project root:
+(``--iters`` calls), and the tables give medians over rounds with the ratio to Adam alone and
+to the floor (``--json PATH`` writes the same figures). Run from the project root:
 
   python -m benchmarks.transform_overhead                 # both parts
   python -m benchmarks.transform_overhead --part update --models resnet56 --rounds 30
@@ -38,10 +38,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import configs
 import models
 import znorm_optax as zo
-from configs import default
 from trainer import input_pipeline as ip
+from trainer.files import markdown_table, write_json
 from trainer.optimizers import create_optimizer
 from trainer.state import create_model, create_train_state
 from trainer.steps import config_steps
@@ -140,8 +141,7 @@ def step_candidates(batch: int):
   ]
   candidates = {}
   for name in ("none", "znorm"):
-    config = default.get_config()
-    config.batch_size, config.grad_transform = batch, name
+    config = configs.make_config(batch_size=batch, grad_transform=name)
     model = create_model(config, 10)
     tx = create_optimizer(config, 1000).tx
     fns = config_steps(config, model, tx, devices)
@@ -159,15 +159,21 @@ def step_candidates(batch: int):
   return candidates
 
 
-def report(title: str, medians: dict[str, float], baseline: str, floor: str | None):
-  print(f"\n{title}")
-  header = f"{'variant':24s} {'median ms':>10s} {'x ' + baseline:>12s}"
-  print(header + (f" {'x ' + floor:>10s}" if floor else ""))
-  for name, seconds in medians.items():
-    line = f"{name:24s} {1e3 * seconds:10.3f} {seconds / medians[baseline]:12.3f}"
-    if floor:
-      line += f" {seconds / medians[floor]:10.3f}"
-    print(line)
+def report(title: str, medians: dict[str, float], baseline: str, floor: str | None) -> dict:
+  """Prints the table of one part and returns its figures (milliseconds and ratios)."""
+  figures = {
+    name: {
+      "median_ms": 1e3 * seconds,
+      f"x_{baseline}": seconds / medians[baseline],
+      **({f"x_{floor}": seconds / medians[floor]} if floor else {}),
+    }
+    for name, seconds in medians.items()
+  }
+  header = ("variant", "median ms", f"x {baseline}", *((f"x {floor}",) if floor else ()))
+  rows = [(name, *(f"{v:.3f}" for v in values.values())) for name, values in figures.items()]
+  print(f"\n{title}\n")
+  print("\n".join(markdown_table(header, rows, (False, True, True, True))))
+  return {"title": title, "variants": figures}
 
 
 def main(argv=None):
@@ -178,27 +184,36 @@ def main(argv=None):
   parser.add_argument("--iters", type=int, default=20)
   parser.add_argument("--step-rounds", type=int, default=15)
   parser.add_argument("--batch", type=int, default=128)
+  parser.add_argument("--json", default=None, help="also write the figures to this file")
   args = parser.parse_args(argv)
-  print(
+  setting = (
     f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}, "
     f"{platform.processor() or platform.machine()}"
   )
+  print(setting)
+  parts = []
   if args.part in ("update", "all"):
     for name in args.models.split(","):
       _, variables = model_variables(name)
       params = variables["params"]
       count = sum(x.size for x in jax.tree.leaves(params))
       medians = time_rounds(update_candidates(params), args.rounds, args.iters)
-      report(
-        f"optimizer update, {name} ({count / 1e6:.2f}M params, "
-        f"{len(jax.tree.leaves(params))} leaves)",
-        medians,
-        "adam",
-        "floor",
+      parts.append(
+        report(
+          f"optimizer update, {name} ({count / 1e6:.2f}M params, "
+          f"{len(jax.tree.leaves(params))} leaves)",
+          medians,
+          "adam",
+          "floor",
+        )
       )
   if args.part in ("step", "all"):
     medians = time_rounds(step_candidates(args.batch), args.step_rounds, iters=3)
-    report(f"full train step, resnet20, batch {args.batch}", medians, "step/none", None)
+    title = f"full train step, resnet20, batch {args.batch}"
+    parts.append(report(title, medians, "step/none", None))
+  if args.json:
+    write_json(args.json, {"setting": setting, "parts": parts})
+  return parts
 
 
 if __name__ == "__main__":

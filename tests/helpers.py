@@ -13,6 +13,7 @@ import tarfile
 import threading
 from pathlib import Path
 
+import jax
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -20,7 +21,8 @@ from array_record.python import array_record_module
 
 import configs
 from configs import default
-from trainer import cifar_archive
+from trainer import cifar_archive, optimizers
+from trainer import state as state_lib
 
 ROOT = configs.ROOT
 # A tfds data dir holding the real CIFAR-10 (cifar10/3.0.2), for the real-data tests; they are
@@ -45,6 +47,36 @@ TINY = dict(
   num_devices=4,
   steps_per_dispatch=2,
 )
+# Run by the subprocesses: argv = workdir, json overrides, npz path for the final state.
+RUN_SCRIPT = f"""
+import json, sys
+import jax
+import numpy as np
+import tensorflow_datasets as tfds
+from configs import default
+from trainer.loop import train_and_evaluate
+
+workdir, overrides, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+config = default.get_config()
+config.update(overrides)
+with tfds.testing.mock_data(num_examples={MOCK_EXAMPLES}):
+    state = train_and_evaluate(config, workdir)
+flat = jax.tree_util.tree_flatten_with_path(
+    {{"params": state.params, "batch_stats": state.batch_stats, "step": state.step,
+      "opt_state": state.opt_state}})[0]
+np.savez(out, **{{jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}})
+"""
+
+
+# train.py under mock data, run with the checkout as the working directory.
+MOCK_CLI = f"""
+import runpy, sys
+import tensorflow_datasets as tfds
+sys.argv = ["train.py"] + sys.argv[1:]
+with tfds.testing.mock_data(num_examples={MOCK_EXAMPLES}):
+  runpy.run_path("train.py", run_name="__main__")
+"""
+
 TINY_FLAGS = [f"--config.{k}={v}" for k, v in TINY.items()]
 DETERMINISTIC_FIELDS = (
   "step",
@@ -61,6 +93,31 @@ def tiny_config(**overrides):
   config = default.get_config()
   config.update({**TINY, **overrides})
   return config
+
+
+def initial_state(config, total_steps):
+  """The step-0 state of ``config`` (CIFAR-shaped, 10 classes)."""
+  model = state_lib.create_model(config, 10)
+  tx = optimizers.create_optimizer(config, total_steps).tx
+  return state_lib.create_train_state(config, model, tx, (32, 32, 3))
+
+
+def flat_state(state) -> dict:
+  tree = {
+    "params": state.params,
+    "batch_stats": state.batch_stats,
+    "step": state.step,
+    "opt_state": state.opt_state,
+  }
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}
+
+
+def relative_difference(got: dict, want: dict) -> float:
+  """``|got - want| / |want|`` over all float leaves of two flat states (L2 norms)."""
+  keys = [k for k in want if want[k].dtype.kind == "f"]
+  diff = sum(float(np.sum((got[k].astype(np.float64) - want[k]) ** 2)) for k in keys)
+  return (diff / sum(float(np.sum(want[k].astype(np.float64) ** 2)) for k in keys)) ** 0.5
 
 
 def subprocess_env(cache_dir) -> dict:

@@ -11,7 +11,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import znorm_optax as zo
-from tests.test_transforms import random_tree
+from tests.trees import random_tree
 
 TRANSFORMS = {
   "znorm": lambda: zo.znorm(),
@@ -22,6 +22,9 @@ TRANSFORMS = {
   "znorm_adam": lambda: zo.znorm_adam(1e-3),
 }
 DEVICES = 4
+pytestmark = pytest.mark.skipif(
+  jax.device_count() < DEVICES, reason=f"needs {DEVICES} devices (the CPU tests fake them)"
+)
 
 
 @pytest.mark.parametrize("name", sorted(TRANSFORMS))

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from tests.test_train import (
+from tests.helpers import (
   DETERMINISTIC_FIELDS,
   MOCK_CLI,
   MOCK_EXAMPLES,

@@ -23,14 +23,16 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import default
-from tests.test_train import subprocess_env
+from tests.helpers import (
+  ROOT,
+  subprocess_env,
+)
 from trainer import checkpoints, loop, metrics, optimizers, state
 from trainer import workdir as workdir_lib
 from trainer.errors import CheckpointError, DivergedError, TrainerError, WorkdirError
 from trainer.loop import train_and_evaluate
 from trainer.metrics import read_metrics
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(
   model_widths=(4, 8, 16),
   batch_size=16,

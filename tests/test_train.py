@@ -28,113 +28,29 @@ import tensorflow_datasets as tfds
 import configs
 import znorm_optax as zo
 from configs import default
+from tests.helpers import (
+  DETERMINISTIC_FIELDS,
+  HAS_REAL_DATA,
+  MOCK_CLI,
+  MOCK_EXAMPLES,
+  NO_REAL_DATA,
+  REAL_DATA_DIR,
+  ROOT,
+  RUN_SCRIPT,
+  TINY,
+  TINY_FLAGS,
+  finalized_steps,
+  flat_state,
+  initial_state,
+  relative_difference,
+  subprocess_env,
+  tiny_config,
+)
 from trainer import checkpoints, datasets, diagnostics, loop, optimizers, plan, steps
 from trainer import input_pipeline as ip
 from trainer import state as state_lib
 from trainer.loop import train_and_evaluate
 from trainer.metrics import read_metrics
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REAL_DATA_DIR = os.path.join(ROOT, "..", "shared", "data", "tfds")
-HAS_REAL_DATA = os.path.isfile(os.path.join(REAL_DATA_DIR, "cifar10", "3.0.2", "dataset_info.json"))
-MOCK_EXAMPLES = 64  # per split: 4 steps per epoch at batch 16
-
-# A small run: 12 steps = 3 epochs, evaluation every 4 steps over 64 examples padded to 72
-# (eval batch 24), a checkpoint every 2 steps, 2 steps per dispatch.
-TINY = dict(
-  model_widths=(4, 8, 16),
-  batch_size=16,
-  eval_batch_size=24,
-  num_train_steps=12,
-  eval_every_steps=4,
-  checkpoint_every_steps=2,
-  log_every_steps=2,
-  num_devices=4,
-  steps_per_dispatch=2,
-)
-DETERMINISTIC_FIELDS = (
-  "step",
-  "epoch",
-  "train_loss",
-  "train_accuracy",
-  "eval_loss",
-  "eval_accuracy",
-  "learning_rate",
-)
-
-# Run by the subprocesses: argv = workdir, json overrides, npz path for the final state.
-RUN_SCRIPT = f"""
-import json, sys
-import jax
-import numpy as np
-import tensorflow_datasets as tfds
-from configs import default
-from trainer.loop import train_and_evaluate
-
-workdir, overrides, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
-config = default.get_config()
-config.update(overrides)
-with tfds.testing.mock_data(num_examples={MOCK_EXAMPLES}):
-    state = train_and_evaluate(config, workdir)
-flat = jax.tree_util.tree_flatten_with_path(
-    {{"params": state.params, "batch_stats": state.batch_stats, "step": state.step,
-      "opt_state": state.opt_state}})[0]
-np.savez(out, **{{jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}})
-"""
-
-
-# train.py under mock data, run with the checkout as the working directory.
-MOCK_CLI = f"""
-import runpy, sys
-import tensorflow_datasets as tfds
-sys.argv = ["train.py"] + sys.argv[1:]
-with tfds.testing.mock_data(num_examples={MOCK_EXAMPLES}):
-  runpy.run_path("train.py", run_name="__main__")
-"""
-TINY_FLAGS = [f"--config.{k}={v}" for k, v in TINY.items()]
-
-
-def tiny_config(**overrides):
-  config = default.get_config()
-  config.update({**TINY, **overrides})
-  return config
-
-
-def initial_state(config, total_steps):
-  """The step-0 state of ``config`` (CIFAR-shaped, 10 classes)."""
-  model = state_lib.create_model(config, 10)
-  tx = optimizers.create_optimizer(config, total_steps).tx
-  return state_lib.create_train_state(config, model, tx, (32, 32, 3))
-
-
-def flat_state(state) -> dict:
-  tree = {
-    "params": state.params,
-    "batch_stats": state.batch_stats,
-    "step": state.step,
-    "opt_state": state.opt_state,
-  }
-  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}
-
-
-def finalized_steps(workdir):
-  ckpt = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(ckpt):
-    return []
-  return sorted(int(d) for d in os.listdir(ckpt) if d.isdigit())
-
-
-def subprocess_env(cache_dir):
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-  env["JAX_PLATFORMS"] = "cpu"
-  env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)
-  env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-  env["CUDA_VISIBLE_DEVICES"] = ""
-  env["PYTHONPATH"] = ROOT  # the harness runs from the checkout
-  return env
-
 
 # ---------------------------------------------------------------------------------------------
 # Config, schedule, optimizer, validation (no data, no training)
@@ -619,13 +535,6 @@ def test_four_devices_match_one_device(single_step_run, tmp_path):
     np.testing.assert_array_equal(v, one[k])
 
 
-def relative_difference(got: dict, want: dict) -> float:
-  """``|got - want| / |want|`` over all float leaves of two flat states (L2 norms)."""
-  keys = [k for k in want if want[k].dtype.kind == "f"]
-  diff = sum(float(np.sum((got[k].astype(np.float64) - want[k]) ** 2)) for k in keys)
-  return (diff / sum(float(np.sum(want[k].astype(np.float64) ** 2)) for k in keys)) ** 0.5
-
-
 def test_eight_steps_per_dispatch_match_single_steps(tmp_path):
   """K = 8 steps per compiled call against K = 1 after 16 steps (two whole dispatches) and
   after 20 (16 + 4 single steps to reach the end). XLA rounds a few values of the 8-step
@@ -796,7 +705,7 @@ def test_an_unexpected_error_keeps_its_traceback(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not HAS_REAL_DATA, reason="../shared/data/tfds is absent")
+@pytest.mark.skipif(not HAS_REAL_DATA, reason=NO_REAL_DATA)
 def test_integration_resnet20_znorm_learns_real_cifar10(tmp_path):
   config = default.get_config()  # resnet20, Adam lr 1e-3 + ZNorm, batch 128
   config.update(

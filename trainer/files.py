@@ -2,11 +2,13 @@
 
 `write_atomic` writes a temporary file beside the target and renames it over the target
 (`os.replace`), so a kill or a full disk leaves the old file or the new one, never a cut one.
-`markdown_table` renders the tables of the reports (experiments, benchmarks).
+`write_json` writes the benchmarks' figures; `markdown_table` renders the tables of the reports
+(experiments, benchmarks).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,6 +37,11 @@ def write_atomic(
   finally:
     tmp.unlink(missing_ok=True)
   return path
+
+
+def write_json(path: str | os.PathLike, data) -> Path:
+  """``data`` as indented JSON, written atomically."""
+  return write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence], right: Sequence[bool] = ()):
