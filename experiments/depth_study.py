@@ -52,6 +52,7 @@ from experiments.study_report import (
   t_critical,
   verdict,
 )
+from trainer.files import markdown_table, write_atomic
 
 NAME = "depth_study"
 DEPTHS = {"resnet20": 20, "resnet56": 56, "resnet110": 110}
@@ -152,30 +153,36 @@ def render_markdown(records: Sequence[dict], preset) -> str:
     "",
     "## Accuracies",
     "",
-    "| model | method | n | final test acc (%) | mean per-epoch test acc (%) |",
-    "|---|---|---:|---:|---:|",
   ]
-  methods = ("adam", *LR_CONTROLS, "znorm", *PEERS)
+  rows = []
   for model in DEPTHS:
-    for method in methods:
+    for method in ("adam", *LR_CONTROLS, "znorm", *PEERS):
       runs = [r for r in records if r["model"] == model and r["method"] == method]
       if runs:
         final = mean_std([r["final_accuracy"] for r in runs])
         auc = mean_std([statistics.fmean(r["epoch_accuracies"]) for r in runs])
-        lines.append(f"| {model} | {method} | {len(runs)} | {fmt(*final)} | {fmt(*auc)} |")
+        rows.append((model, method, len(runs), fmt(*final), fmt(*auc)))
+  header = ("model", "method", "n", "final test acc (%)", "mean per-epoch test acc (%)")
+  lines += markdown_table(header, rows, (False, False, True, True, True))
   table = compare(records)
-  lines += [
-    "",
-    "## Comparisons",
-    "",
-    "| model | comparison | n | Δ final (pp) | p | p Holm | Δ mean per-epoch (pp) | p | p Holm |",
-    "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-  ]
-  for a, b in zip(table["final_accuracy"], table["mean_epoch_accuracy"], strict=True):
-    lines.append(
-      f"| {a['model']} | {a['method']} - {a['baseline']} | {a['n']} | {interval(a)} | "
-      f"{a['p']:.3f} | {a['p_holm']:.3f} | {interval(b)} | {b['p']:.3f} | {b['p_holm']:.3f} |"
+  lines += ["", "## Comparisons", ""]
+  rows = [
+    (
+      a["model"],
+      f"{a['method']} - {a['baseline']}",
+      a["n"],
+      interval(a),
+      f"{a['p']:.3f}",
+      f"{a['p_holm']:.3f}",
+      interval(b),
+      f"{b['p']:.3f}",
+      f"{b['p_holm']:.3f}",
     )
+    for a, b in zip(table["final_accuracy"], table["mean_epoch_accuracy"], strict=True)
+  ]
+  header = ("model", "comparison", "n", "Δ final (pp)", "p", "p Holm")
+  header += ("Δ mean per-epoch (pp)", "p", "p Holm")
+  lines += markdown_table(header, rows, (False, False, *[True] * 7))
   lines += ["", "## ZNorm's gain against depth", ""]
   for field, label in ENDPOINTS.items():
     trend = depth_trend(records, field)
@@ -190,14 +197,15 @@ def render_markdown(records: Sequence[dict], preset) -> str:
     "",
     "## A larger learning rate alone (descriptive: outside the Holm family)",
     "",
-    "| model | comparison | n | Δ final (pp) | Δ mean per-epoch (pp) |",
-    "|---|---|---:|---:|---:|",
   ]
+  rows = []
   for model in DEPTHS:
     for method in LR_CONTROLS:
       a, b = (paired_difference(records, model, method, "adam", f) for f in ENDPOINTS)
       if a is not None:
-        lines.append(f"| {model} | {method} - adam | {a['n']} | {interval(a)} | {interval(b)} |")
+        rows.append((model, f"{method} - adam", a["n"], interval(a), interval(b)))
+  header = ("model", "comparison", "n", "Δ final (pp)", "Δ mean per-epoch (pp)")
+  lines += markdown_table(header, rows, (False, False, True, True, True))
   lines += ["", "## Reading (automatic, Holm-corrected)", "", *_reading(records, table)]
   lines += ["", "## Missing runs", "", _missing(records)]
   return "\n".join(lines) + "\n"
@@ -292,12 +300,8 @@ def write_report(records: Sequence[dict], preset, results_dir: str | os.PathLike
   """Writes ``depth_study.md`` and ``depth_study.png`` into ``results_dir`` (each atomically)."""
   results_dir = Path(results_dir)
   records = preset_records(records, preset)
-  md, tmp = results_dir / f"{NAME}.md", results_dir / f"{NAME}.md.tmp"
-  tmp.write_text(render_markdown(records, preset))
-  os.replace(tmp, md)
-  png, tmp_png = results_dir / f"{NAME}.png", results_dir / f"{NAME}.tmp.png"
-  plot(records, tmp_png)
-  os.replace(tmp_png, png)
+  md = write_atomic(results_dir / f"{NAME}.md", render_markdown(records, preset))
+  png = write_atomic(results_dir / f"{NAME}.png", lambda tmp: plot(records, tmp))
   return [md, png]
 
 

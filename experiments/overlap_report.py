@@ -49,9 +49,10 @@ from pathlib import Path
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, NullFormatter, NullLocator
 
-from configs import default
+import configs
 from experiments.study_report import plt, save_figure
 from trainer.errors import TrainerError
+from trainer.files import markdown_table, write_atomic
 from trainer.loop import train_and_evaluate
 from trainer.metrics import DIAGNOSTICS, read_metrics
 
@@ -291,22 +292,27 @@ DEPTH_PANELS = (
 
 def depth_table(by_model: Mapping[str, Mapping[str, Sequence[dict]]]) -> str:
   """Markdown: per model and run, `overlap_numbers` of the first and the last logged step."""
-  lines = [
-    "| model | run | step | blocks | dL/dx growth first/last | branch/skip median | cosine mean "
-    "[min, max] | raw grad std max/min | update std max/min |",
-    "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-  ]
+  header = ("model", "run", "step", "blocks", "dL/dx growth first/last", "branch/skip median")
+  header += ("cosine mean [min, max]", "raw grad std max/min", "update std max/min")
+  rows = []
   for model, runs in by_model.items():
     for name, records in runs.items():
       for record in (records[0], records[-1]):
         n = overlap_numbers(record)
-        lines.append(
-          f"| {model} | {LABELS.get(name, name)} | {n['step']} | {n['blocks']} | "
-          f"{n['input_grad_growth']:.3g} | {n['branch_skip_median']:.3g} | "
-          f"{n['cosine_mean']:+.3f} [{n['cosine_min']:+.3f}, {n['cosine_max']:+.3f}] | "
-          f"{n['grad_std_spread']:.3g} | {n['update_std_spread']:.3g} |"
+        rows.append(
+          (
+            model,
+            LABELS.get(name, name),
+            n["step"],
+            n["blocks"],
+            f"{n['input_grad_growth']:.3g}",
+            f"{n['branch_skip_median']:.3g}",
+            f"{n['cosine_mean']:+.3f} [{n['cosine_min']:+.3f}, {n['cosine_max']:+.3f}]",
+            f"{n['grad_std_spread']:.3g}",
+            f"{n['update_std_spread']:.3g}",
+          )
         )
-  return "\n".join(lines) + "\n"
+  return "\n".join(markdown_table(header, rows, (False, False, *[True] * 7))) + "\n"
 
 
 def plot_depth(
@@ -369,29 +375,25 @@ def run_title(workdir: str | Path) -> str | None:
 
 def make_config(args: argparse.Namespace, grad_transform: str, model: str):
   """The default config (ResNet, Adam lr 1e-3, cosine) for one run of the report."""
-  config = default.get_config()
-  config.update(
-    dict(
-      model=model,
-      grad_transform=grad_transform,
-      optimizer="adam",
-      data_dir=args.data_dir,
-      train_split=args.train_split,
-      eval_split=args.eval_split,
-      batch_size=args.batch_size,
-      num_train_steps=args.steps,
-      eval_every_steps=args.steps,
-      checkpoint_every_steps=args.steps,
-      keep_checkpoints=1,
-      log_every_steps=max(1, args.every),
-      diagnostics_every_steps=args.every,
-      # One step per dispatch: on CPU an unrolled K-step program of ResNet-110 takes minutes to
-      # compile, and K only changes the rounding.
-      steps_per_dispatch=1,
-      seed=args.seed,
-    )
+  return configs.make_config(
+    model=model,
+    grad_transform=grad_transform,
+    optimizer="adam",
+    data_dir=args.data_dir,
+    train_split=args.train_split,
+    eval_split=args.eval_split,
+    batch_size=args.batch_size,
+    num_train_steps=args.steps,
+    eval_every_steps=args.steps,
+    checkpoint_every_steps=args.steps,
+    keep_checkpoints=1,
+    log_every_steps=max(1, args.every),
+    diagnostics_every_steps=args.every,
+    # One step per dispatch: on CPU an unrolled K-step program of ResNet-110 takes minutes to
+    # compile, and K only changes the rounding.
+    steps_per_dispatch=1,
+    seed=args.seed,
   )
-  return config
 
 
 def main(argv: Sequence[str] | None = None) -> list[Path]:
@@ -435,7 +437,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
   )
   written.append(plot_depth(by_model, args.outdir / DEPTH_PNG, title))
   md = args.outdir / DEPTH_MD
-  md.write_text(f"# Gradient overlap across depth\n\n{title}.\n\n" + depth_table(by_model))
+  write_atomic(md, f"# Gradient overlap across depth\n\n{title}.\n\n" + depth_table(by_model))
   written.append(md)
   print(depth_table(by_model))
   for path in written[-2:]:

@@ -22,6 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from scipy import stats  # noqa: E402
 
+from trainer.files import markdown_table, write_atomic  # noqa: E402
 from trainer.workdir import RENAMED_TRANSFORMS  # noqa: E402
 
 METHODS = ("adam", "centralize", "clip_by_global_norm", "znorm")
@@ -295,15 +296,13 @@ def _summary_table(records, models, methods) -> list[str]:
     + (", ".join(devices) if devices else "-")
     + ".",
     "",
-    "| model | method | n | final test acc (%) | best test acc (%) | Δ final vs adam (pp) "
-    "| wall time (min) |",
-    "|---|---|---:|---:|---:|---:|---:|",
   ]
+  rows = []
   for model in models:
     for method in methods:
       runs = [r for r in records if r["model"] == model and r["method"] == method]
       if not runs and method in METHODS:
-        lines.append(f"| {model} | {method} | 0 | - | - | - | - |")
+        rows.append((model, method, 0, "-", "-", "-", "-"))
       if not runs:  # a learning-rate variant is run at some depths only
         continue
       final = mean_std([r["final_accuracy"] for r in runs])
@@ -315,10 +314,10 @@ def _summary_table(records, models, methods) -> list[str]:
       delta = (
         "-" if method == "adam" else _delta_cell(paired_difference(records, model, method, "adam"))
       )
-      lines.append(
-        f"| {model} | {method} | {len(runs)} | {fmt(*final)} | {fmt(*best)} | {delta} | {wall} |"
-      )
-  return lines
+      rows.append((model, method, len(runs), fmt(*final), fmt(*best), delta, wall))
+  header = ("model", "method", "n", "final test acc (%)", "best test acc (%)")
+  header += ("Δ final vs adam (pp)", "wall time (min)")
+  return lines + markdown_table(header, rows, (False, False, *[True] * 5))
 
 
 def _pairwise_tables(records, models, methods) -> list[str]:
@@ -335,19 +334,18 @@ def _pairwise_tables(records, models, methods) -> list[str]:
     present = [m for m in methods if any(r["model"] == model and r["method"] == m for r in records)]
     if len(present) < 2:
       continue
-    lines += [
-      "",
-      f"{model}:",
-      "",
-      "| | " + " | ".join(present[:-1]) + " |",
-      "|---|" + "---:|" * (len(present) - 1),
+    rows = [
+      (
+        a,
+        *(
+          _delta_cell(paired_difference(records, model, a, b)).replace("t=", "") if j < i else ""
+          for j, b in enumerate(present[:-1])
+        ),
+      )
+      for i, a in enumerate(present[1:], start=1)
     ]
-    for i, a in enumerate(present[1:], start=1):
-      cells = [
-        _delta_cell(paired_difference(records, model, a, b)).replace("t=", "") if j < i else ""
-        for j, b in enumerate(present[:-1])
-      ]
-      lines.append(f"| {a} | " + " | ".join(cells) + " |")
+    lines += ["", f"{model}:", ""]
+    lines += markdown_table(("", *present[:-1]), rows, (False, *[True] * (len(present) - 1)))
   return lines
 
 
@@ -486,13 +484,10 @@ def write_report(
 ) -> list[Path]:
   """Writes ``paper_study.md`` and ``paper_study.png`` (each atomically) into ``results_dir``."""
   results_dir = Path(results_dir)
-  results_dir.mkdir(parents=True, exist_ok=True)
-  md = results_dir / f"{RESULTS_NAME}.md"
-  tmp = md.with_suffix(".md.tmp")
-  tmp.write_text(render_markdown(records, preset, methods, seeds))
-  os.replace(tmp, md)
-  png = results_dir / f"{RESULTS_NAME}.png"
-  tmp_png = results_dir / f"{RESULTS_NAME}.tmp.png"
-  plot_study(records, preset, tmp_png, methods)
-  os.replace(tmp_png, png)
+  md = write_atomic(
+    results_dir / f"{RESULTS_NAME}.md", render_markdown(records, preset, methods, seeds)
+  )
+  png = write_atomic(
+    results_dir / f"{RESULTS_NAME}.png", lambda tmp: plot_study(records, preset, tmp, methods)
+  )
   return [md, png]
