@@ -2,7 +2,7 @@
 
 ResNet-20 and -56 (the paper's point is that the skip/branch gradient overlap grows with depth),
 4 epochs of 4096 training images (32 steps per epoch, 128 steps), evaluated on 2000 test images
-after each epoch. `python -m benchmarks.paper_study --budget cpu` runs it.
+after each epoch. `python -m experiments.paper_study --budget cpu` runs it.
 """
 
 import ml_collections

@@ -1,7 +1,7 @@
 """Paper-study preset `gpu`: the paper's setting as far as it is known.
 
 Adam lr 1e-3 (betas 0.9/0.999), batch 128, 200 epochs, cosine decay, full CIFAR-10, ResNet-56;
-the paper's exact hyperparameters are not published. `python -m benchmarks.paper_study --budget
+the paper's exact hyperparameters are not published. `python -m experiments.paper_study --budget
 gpu` runs it.
 """
 

@@ -4,7 +4,7 @@ over several seeds.
 
 Usage (from the project root)::
 
-  python -m experiments.paper_study --budget cpu --data_dir ../shared/data/tfds
+  python -m experiments.paper_study --budget cpu --data_dir ~/tensorflow_datasets
   python -m experiments.paper_study --budget gpu            # the paper-scale preset
   python -m experiments.paper_study --budget cpu --report_only
 
