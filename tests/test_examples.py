@@ -36,6 +36,7 @@ def _assert_png(path, min_side=200):
 # --------------------------------------------------------------------------- gradient_field
 
 
+@pytest.mark.slow  # draws two 3D figures
 def test_gradient_field_main_writes_both_figures(gf, tmp_path, capsys):
   outdir = tmp_path / "new" / "dir"
   written = gf.main(["--outdir", str(outdir), "--grid", "4", "--seed", "3"])

@@ -34,6 +34,8 @@ from trainer import checkpoints
 from trainer.loop import train_and_evaluate
 from trainer.metrics import read_metrics
 
+pytestmark = pytest.mark.slow  # several processes, each compiling its own programs
+
 PROCESSES, DEVICES_PER_PROCESS = 2, 2
 FLAGS = [f"--config.{k}={v}" for k, v in {**TINY, "num_devices": -1}.items()]
 

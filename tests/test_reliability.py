@@ -94,6 +94,7 @@ def assert_same_final(state, reference):
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   "overrides, named",
   [
@@ -123,6 +124,7 @@ def test_a_long_refusal_is_cut_to_one_line_keeping_the_fix():
   assert workdir_lib.refusal("/w", {"eval_every_steps": (4, 2)}) is None
 
 
+@pytest.mark.slow
 def test_a_change_of_cadence_is_allowed_and_recorded(copy, reference):
   state = run(copy, eval_every_steps=2, num_train_steps=8)
   assert_same_final(state, reference)
@@ -131,6 +133,7 @@ def test_a_change_of_cadence_is_allowed_and_recorded(copy, reference):
   assert json.loads((copy / "config.json").read_text())["eval_every_steps"] == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("old, new", list(workdir_lib.RENAMED_TRANSFORMS.items()))
 def test_a_config_json_with_an_old_transform_name_resumes_and_says_the_new_name(
   copy, old, new, capsys
@@ -153,6 +156,7 @@ def test_a_config_json_with_an_old_transform_name_resumes_and_says_the_new_name(
     assert json.loads(path.read_text())["grad_transform"] == new
 
 
+@pytest.mark.slow
 def test_any_other_restore_failure_is_one_short_line(copy):
   """Without config.json nothing can be compared: a checkpoint of another model then fails in
   Orbax, whose message holds whole arrays; the trainer says one short line instead."""
@@ -183,11 +187,13 @@ def damage(workdir, step):
     f.write(bytes([byte[0] ^ 0xFF]))
 
 
+@pytest.mark.slow
 def test_every_checkpoint_has_checksums_that_verify(reference):
   for step in checkpoints.saved_steps(str(reference[0])):
     assert checkpoints.verify(str(reference[0]), step) is True
 
 
+@pytest.mark.slow
 def test_a_damaged_latest_checkpoint_is_skipped_and_the_run_ends_the_same(copy, reference, capsys):
   damage(copy, 8)
   state = run(copy)
@@ -198,6 +204,7 @@ def test_a_damaged_latest_checkpoint_is_skipped_and_the_run_ends_the_same(copy, 
   assert [r["step"] for r in read_metrics(copy)] == [4, 8]  # one line per evaluation
 
 
+@pytest.mark.slow
 def test_all_checkpoints_damaged_is_an_error_not_a_fresh_start(copy):
   for step in checkpoints.saved_steps(str(copy)):
     damage(copy, step)
@@ -210,6 +217,7 @@ def test_all_checkpoints_damaged_is_an_error_not_a_fresh_start(copy):
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_divergence_stops_with_the_step_and_saves_nothing_non_finite(tmp_path):
   overrides = dict(
     optimizer="sgd",
@@ -250,6 +258,7 @@ def test_a_workdir_in_use_is_refused_naming_the_process(tmp_path):
     held.close()
 
 
+@pytest.mark.slow
 def test_the_lock_of_a_killed_run_does_not_block(tmp_path):
   holder = subprocess.Popen(
     [
@@ -282,6 +291,7 @@ def test_a_workdir_that_cannot_be_created_is_one_line(tmp_path):
     run(blocker / "work")
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_a_checkpoint_keeps_the_last_good_one(tmp_path, reference, monkeypatch):
   original = ocp.CheckpointManager.save
 
@@ -299,6 +309,7 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_last_good_one(tmp_path, refer
   assert_same_final(run(tmp_path), reference)  # resumes from 4
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_a_metrics_write_is_one_line(tmp_path, reference, monkeypatch):
   def append(path, record):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -409,6 +420,7 @@ def test_sigkill_at_many_moments_then_the_run_ends_as_an_uninterrupted_one(tmp_p
     assert checkpoints.verify(str(workdir), step) is not False
 
 
+@pytest.mark.slow
 def test_the_host_stays_at_most_two_dispatches_ahead(tmp_path, monkeypatch):
   """A signal is served within a dispatch or two, not at the next evaluation: dispatches return
   at once (on CPU too), and without a bound the host would queue a whole epoch of them before

@@ -72,13 +72,12 @@ def test_default_config_follows_the_paper_setting():
   [
     ("paper_adam", "none"),
     ("paper_centralize", "centralize"),
-    ("paper_clip", "clip_by_global_norm"),
+    ("paper_clip_by_global_norm", "clip_by_global_norm"),
     ("paper_znorm", "znorm"),
   ],
 )
 def test_paper_configs_differ_from_default_in_the_transform(name, transform):
-  module = __import__(f"configs.{name}", fromlist=["get_config"])
-  config, base = module.get_config(), default.get_config()
+  config, base = configs.make_config(name), default.get_config()
   assert config.grad_transform == transform
   differing = {k for k in base.keys() if config[k] != base[k]}
   assert differing <= {"grad_transform", "grad_transform_params"}
@@ -217,6 +216,7 @@ def test_split_larger_than_the_dataset_is_a_clear_error(tmp_path):
       train_and_evaluate(tiny_config(train_split="train[:100]"), str(tmp_path))
 
 
+@pytest.mark.slow
 def test_a_validation_split_is_evaluated_beside_the_eval_split_without_changing_the_run(
   tmp_path,
 ):
@@ -335,6 +335,7 @@ def load_npz(path):
     return {k: z[k] for k in z.files}
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_all_outputs(runs):
   workdir = runs["base"] / "ref"
   stdout = runs["first"]["ref"]["stdout"]
@@ -419,6 +420,7 @@ def test_eval_counts_every_example_once():
   assert float(sums["loss"]) == pytest.approx(float(loss), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_checkpoint_restores_the_final_state(runs):
   workdir = runs["base"] / "ref"
   config = tiny_config()
@@ -446,6 +448,7 @@ def _assert_same_run(runs, name):
     assert {k: a[k] for k in DETERMINISTIC_FIELDS} == {k: b[k] for k in DETERMINISTIC_FIELDS}
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_gives_identical_results(runs):
   first, second = runs["first"]["kill"], runs["second"]["kill"]
   assert first["rc"] == -signal.SIGKILL, "the run ended before it could be killed"
@@ -457,6 +460,7 @@ def test_sigkill_and_resume_gives_identical_results(runs):
   _assert_same_run(runs, "kill")
 
 
+@pytest.mark.slow
 def test_sigterm_saves_exits_cleanly_and_resumes_identically(runs):
   first, second = runs["first"]["term"], runs["second"]["term"]
   assert first["rc"] == 0, first["stderr"][-3000:]
@@ -485,6 +489,7 @@ def single_step_run(tmp_path_factory):
   return workdir, flat_state(state)
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_stops_and_resumes_identically(runs):
   """train.py: the first Ctrl-C saves at the next step boundary and exits 130 with one line
   saying how to resume; the re-run ends as the uninterrupted run."""
@@ -513,6 +518,7 @@ def test_ctrl_c_saves_stops_and_resumes_identically(runs):
   ]
 
 
+@pytest.mark.slow
 def test_four_devices_match_one_device(single_step_run, tmp_path):
   """Same global batch over 1 device and 4, with synchronized BatchNorm and
   device-count-invariant augmentation."""
@@ -535,6 +541,7 @@ def test_four_devices_match_one_device(single_step_run, tmp_path):
     np.testing.assert_array_equal(v, one[k])
 
 
+@pytest.mark.slow
 def test_eight_steps_per_dispatch_match_single_steps(tmp_path):
   """K = 8 steps per compiled call against K = 1 after 16 steps (two whole dispatches) and
   after 20 (16 + 4 single steps to reach the end). XLA rounds a few values of the 8-step
@@ -572,6 +579,7 @@ def test_eight_steps_per_dispatch_match_single_steps(tmp_path):
       assert a[field] == pytest.approx(b[field], rel=1e-6), field
 
 
+@pytest.mark.slow
 def test_k_step_scan_equals_k_single_dispatches():
   """The trainer's step function for K = 8 in one call as a `lax.scan` (accelerators; the
   CPU's unrolled program is compared through the loop by
@@ -643,6 +651,7 @@ runpy.run_path("train.py", run_name="__main__")
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   "args, match",
   [
@@ -676,6 +685,7 @@ def test_cli_errors_are_one_line(tmp_path, args, match):
   assert "Traceback" not in proc.stderr + proc.stdout
 
 
+@pytest.mark.slow
 def test_an_unexpected_error_keeps_its_traceback(tmp_path):
   """Only the project's own errors become one line: a ValueError from a bug (here raised where
   the model is initialized, as flax or JAX would) keeps its traceback."""
@@ -758,6 +768,7 @@ def test_optimizer_and_its_state_do_not_depend_on_diagnostics():
   assert len(off) == 2  # (gradient transform, base optimizer)
 
 
+@pytest.mark.slow
 def test_diagnostics_lines_every_n_steps_in_forward_order(diag_run):
   workdir, _ = diag_run
   rows = diagnostic_rows(workdir)
@@ -803,6 +814,7 @@ def test_diagnostics_lines_every_n_steps_in_forward_order(diag_run):
     assert tag.encode() in data, tag
 
 
+@pytest.mark.slow
 def test_diagnostics_do_not_change_training_or_checkpoints(single_step_run, diag_run):
   workdir, state = diag_run
   ref_dir, ref = single_step_run
@@ -826,6 +838,7 @@ def test_diagnostics_do_not_change_training_or_checkpoints(single_step_run, diag
     np.testing.assert_array_equal(restored[k], ref[k], err_msg=k)
 
 
+@pytest.mark.slow
 def test_diagnostics_are_the_exact_gradients_of_the_step(diag_run):
   """Step 1's line (4 devices) against one device over the whole global batch: the gradient
   of the mean loss w.r.t. the parameters and the `models.block_gradient_split` at the block
@@ -884,6 +897,7 @@ def test_diagnostics_are_the_exact_gradients_of_the_step(diag_run):
     assert row["blocks"][name]["cosine"] == pytest.approx(split[name]["cosine"], abs=1e-4)
 
 
+@pytest.mark.slow
 def test_the_diagnostics_measure_the_gradient_the_train_step_applies():
   """A spy at the end of the train step's chain keeps its input, the pmean'ed gradient the
   step applies, as its state; the diagnostic step on the same state and batch reports the
