@@ -39,8 +39,10 @@ from scipy import stats
 from experiments import runs
 from experiments.study_report import (
   COLORS,
+  ENDPOINT_COLUMNS,
   RESULTS_NAME,
   endpoint,
+  endpoint_cells,
   epoch_bands,
   fmt,
   holm,
@@ -167,21 +169,10 @@ def render_markdown(records: Sequence[dict], preset) -> str:
   table = compare(records)
   lines += ["", "## Comparisons", ""]
   rows = [
-    (
-      a["model"],
-      f"{a['method']} - {a['baseline']}",
-      a["n"],
-      interval(a),
-      f"{a['p']:.3f}",
-      f"{a['p_holm']:.3f}",
-      interval(b),
-      f"{b['p']:.3f}",
-      f"{b['p_holm']:.3f}",
-    )
+    (a["model"], f"{a['method']} - {a['baseline']}", a["n"], *endpoint_cells(a, b))
     for a, b in zip(table["final_accuracy"], table["mean_epoch_accuracy"], strict=True)
   ]
-  header = ("model", "comparison", "n", "Δ final (pp)", "p", "p Holm")
-  header += ("Δ mean per-epoch (pp)", "p", "p Holm")
+  header = ("model", "comparison", "n", *ENDPOINT_COLUMNS)
   lines += markdown_table(header, rows, (False, False, *[True] * 7))
   lines += ["", "## ZNorm's gain against depth", ""]
   for field, label in ENDPOINTS.items():
@@ -332,14 +323,15 @@ def main(argv: Sequence[str] | None = None) -> None:
       print(f"wrote {path}")
 
   if not args.report_only:
-    runs.run_missing(
-      preset,
-      lambda records: planned_runs(preset_records(records, preset)),
-      jsonl,
-      data_dir=args.data_dir,
-      workdir_root=args.workdir_root,
-      after_each=report,
-    )
+    with runs.one_line_errors(NAME):
+      runs.run_missing(
+        preset,
+        lambda records: planned_runs(preset_records(records, preset)),
+        jsonl,
+        data_dir=args.data_dir,
+        workdir_root=args.workdir_root,
+        after_each=report,
+      )
   report(runs.read_study_records(jsonl))
 
 

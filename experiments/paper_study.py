@@ -34,7 +34,6 @@ from absl import logging
 
 from experiments import runs
 from experiments.study_report import METHODS, RESULTS_NAME, parse_method, write_report
-from trainer.errors import TrainerError
 
 
 def report_seeds(preset, seeds: Sequence[int] | None) -> tuple[int, ...]:
@@ -171,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     return []
 
   logging.set_verbosity(logging.WARNING)  # orbax and tfds are chatty at INFO
-  try:
+  with runs.one_line_errors("paper_study"):
     return run_study(
       preset,
       models=args.models,
@@ -182,8 +181,6 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
       results_dir=args.results,
       max_runs=args.max_runs,
     )
-  except TrainerError as e:  # bad config or absent data: one line
-    raise SystemExit(f"paper_study: error: {' '.join(str(e).split())}") from None
 
 
 if __name__ == "__main__":

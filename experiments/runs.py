@@ -12,6 +12,7 @@ jsonl; `run_missing` skips the runs recorded there, so a study completes over se
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import math
@@ -27,6 +28,7 @@ import ml_collections
 import configs
 from experiments.study_report import migrate, parse_method, preset_records
 from trainer import workdir as workdir_lib
+from trainer.errors import TrainerError
 from trainer.loop import train_and_evaluate
 from trainer.metrics import append_record, column, read_metrics, read_records
 
@@ -46,6 +48,16 @@ RECORDED_CONFIG = (
   "grad_transform_params",
   "model_widths",
 )
+
+
+@contextlib.contextmanager
+def one_line_errors(name: str):
+  """At a study's command line: the project's own errors (a bad setting, absent data, a
+  workdir of another run) as one line and exit status 1; anything else keeps its traceback."""
+  try:
+    yield
+  except TrainerError as e:
+    raise SystemExit(f"{name}: error: {' '.join(str(e).split())}") from None
 
 
 def read_study_records(

@@ -178,6 +178,18 @@ def interval(d: dict) -> str:
   return f"{100 * d['mean']:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"
 
 
+def endpoint_cells(final: dict, per_epoch: dict) -> tuple[str, ...]:
+  """The table cells of one comparison on both endpoints: Δ [95% interval], p, p Holm each."""
+  return tuple(
+    cell
+    for d in (final, per_epoch)
+    for cell in (interval(d), f"{d['p']:.3f}", f"{d['p_holm']:.3f}")
+  )
+
+
+ENDPOINT_COLUMNS = ("Δ final (pp)", "p", "p Holm", "Δ mean per-epoch (pp)", "p", "p Holm")
+
+
 def verdict(d: dict, p_key: str = "p_holm") -> str:
   """``supported`` / ``contradicted`` (p < 0.05, by the sign of the mean) / ``cannot decide``."""
   p = d.get(p_key, d["p"])

@@ -39,19 +39,8 @@ from trainer.metrics import append_record
 
 NAME = tuned_lr_report.NAME
 # The config fields that, with the model, seed, epochs and splits, fix what a run trained (a
-# reused record must match them all).
-PROTOCOL_CONFIG = (
-  "optimizer",
-  "learning_rate",
-  "schedule",
-  "warmup_fraction",
-  "batch_size",
-  "augment",
-  "grad_transform",
-  "grad_transform_kwargs",
-  "grad_transform_params",
-  "model_widths",
-)
+# reused record must match them all): those every record keeps.
+PROTOCOL_CONFIG = runs.RECORDED_CONFIG
 
 
 def reusable_record(paper_records: Sequence[dict], preset, model: str, method: str, seed: int):
@@ -138,13 +127,14 @@ def main(argv: Sequence[str] | None = None) -> None:
       print(f"wrote {path}")
     return
   logging.set_verbosity(logging.WARNING)  # orbax and tfds are chatty at INFO
-  run(
-    preset,
-    data_dir=args.data_dir,
-    results_dir=args.results,
-    workdir_root=args.workdir_root,
-    max_runs=args.max_runs,
-  )
+  with runs.one_line_errors(NAME):
+    run(
+      preset,
+      data_dir=args.data_dir,
+      results_dir=args.results,
+      workdir_root=args.workdir_root,
+      max_runs=args.max_runs,
+    )
 
 
 if __name__ == "__main__":

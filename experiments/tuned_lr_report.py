@@ -18,6 +18,8 @@ from pathlib import Path
 from experiments import tuned_lr_plan as plan
 from experiments.study_report import (
   COLORS,
+  ENDPOINT_COLUMNS,
+  endpoint_cells,
   fmt,
   holm,
   interval,
@@ -153,12 +155,7 @@ def render_markdown(records: Sequence[dict], preset) -> str:
         a["n"],
         fmt(*adam),
         fmt(*znorm),
-        interval(a),
-        f"{a['p']:.3f}",
-        f"{a['p_holm']:.3f}",
-        interval(b),
-        f"{b['p']:.3f}",
-        f"{b['p_holm']:.3f}",
+        *endpoint_cells(a, b),
       )
     )
   header = (
@@ -167,12 +164,7 @@ def render_markdown(records: Sequence[dict], preset) -> str:
     "n",
     "Adam final (%)",
     "ZNorm final (%)",
-    "Δ final (pp)",
-    "p",
-    "p Holm",
-    "Δ mean per-epoch (pp)",
-    "p",
-    "p Holm",
+    *ENDPOINT_COLUMNS,
   )
   lines += markdown_table(header, rows, (False, False, *[True] * 9)) if rows else ["No runs yet."]
   lines += [
