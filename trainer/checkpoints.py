@@ -29,6 +29,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from trainer.errors import CheckpointError, DivergedError
+from trainer.files import write_atomic
 from trainer.state import TrainState
 
 CHECKPOINT_DIR = "checkpoints"
@@ -71,12 +72,7 @@ def _checksums(path: str) -> dict[str, str]:
 def _write_checksums(workdir: str, step: int) -> None:
   path = os.path.join(checkpoint_dir(workdir), str(step))
   sums = _checksums(path)
-  tmp = os.path.join(path, CHECKSUM_FILE + ".tmp")
-  with open(tmp, "w") as f:
-    json.dump(sums, f, indent=0)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, os.path.join(path, CHECKSUM_FILE))
+  write_atomic(os.path.join(path, CHECKSUM_FILE), json.dumps(sums, indent=0), fsync=True)
 
 
 def verify(workdir: str, step: int) -> bool | None:

@@ -23,7 +23,7 @@ def write_atomic(
   restart relies on). Creates the parent folder; returns ``path``."""
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+  tmp = path.with_name(f"{path.name}.tmp{path.suffix}")  # beside it, starting with its name
   try:
     if callable(content):
       content(tmp)

@@ -22,6 +22,7 @@ from pathlib import Path
 from tensorboardX import SummaryWriter
 
 from trainer.errors import TrainerError
+from trainer.files import write_atomic
 
 METRICS_FILE = "metrics.jsonl"
 EVAL = "eval"
@@ -101,12 +102,7 @@ class MetricsWriter:
     if not self.path.exists():
       return
     keep = [r for r in read_records(self.path) if r.get("step", math.inf) <= max_step]
-    tmp = self.path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
-      f.writelines(json.dumps(r) + "\n" for r in keep)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, self.path)
+    write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in keep), fsync=True)
 
   def scalars(self, step: int, values: dict[str, float]) -> None:
     """TensorBoard scalars only."""

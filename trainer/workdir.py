@@ -22,6 +22,7 @@ import jax
 import ml_collections
 
 from trainer.errors import ConfigError, WorkdirError
+from trainer.files import write_atomic
 from trainer.metrics import append_record
 
 CONFIG_FILE = "config.json"
@@ -193,7 +194,4 @@ def check_config(workdir: str, config: ml_collections.ConfigDict, step: int) -> 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   """Writes ``config.json`` atomically (a kill leaves the old one or the new one)."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  with open(path + ".tmp", "w") as f:
-    f.write(config.to_json(indent=2, sort_keys=True) + "\n")
-  os.replace(path + ".tmp", path)
+  write_atomic(os.path.join(workdir, CONFIG_FILE), config.to_json(indent=2, sort_keys=True) + "\n")
