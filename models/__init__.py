@@ -1,4 +1,5 @@
-"""Flax (linen) ResNets trained by `train.py`, and the gradient-overlap hooks of issue 7."""
+"""Flax (linen) ResNets trained by `train.py`, and the exact skip/branch split of the gradient at
+every residual block's input (`overlap`)."""
 
 from models.overlap import (
   block_gradient_split,

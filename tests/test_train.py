@@ -24,8 +24,10 @@ import numpy as np
 import optax
 import pytest
 import tensorflow_datasets as tfds
+from flax.traverse_util import flatten_dict
 
 import configs
+import models
 import znorm_optax as zo
 from configs import default
 from tests.helpers import (
@@ -843,11 +845,6 @@ def test_diagnostics_are_the_exact_gradients_of_the_step(diag_run):
   """Step 1's line (4 devices) against one device over the whole global batch: the gradient
   of the mean loss w.r.t. the parameters and the `models.block_gradient_split` at the block
   inputs, recomputed independently of `train_step`, with NumPy statistics."""
-  import optax
-  from flax.traverse_util import flatten_dict
-
-  import models
-
   workdir, _ = diag_run
   row = diagnostic_rows(workdir)[0]
   assert row["step"] == 1

@@ -2,12 +2,15 @@
 
 One job per module, imports pointing down only:
 
-  datasets        tfds -> whole uint8 splits in host memory
+  errors          the project's own errors (one line at the command line)
+  files           atomic file writes, markdown tables
+  cifar_archive   the official CIFAR archive -> a tfds copy, without TensorFlow
+  datasets        a tfds copy in any format -> whole uint8 splits in host memory
   input_pipeline  device-resident splits, batch indices from (seed, step), on-device augmentation
   state           TrainState, the model, the step-0 state
   optimizers      schedule and optax.chain(gradient transform, base optimizer)
   plan            config checks, step counts and dispatch boundaries
-  steps           pmapped train (K steps per dispatch), evaluation
+  steps           the training objective, pmapped train (K steps per dispatch), evaluation
   diagnostics     gradient diagnostics as outputs of a diagnostic step
   checkpoints     Orbax checkpoints, SIGTERM
   metrics         metrics.jsonl (and the studies' JSON-lines records), TensorBoard
