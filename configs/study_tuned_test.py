@@ -18,7 +18,7 @@ def get_config():
       "seeds": (0,),
       "learning_rates": (1e-3, 4e-3),
       "max_extensions": 0,
-      "final_seeds": (0, 1),
+      "final_seeds": (0,),
       "transfer_models": (),
       "note": "smoke test only",
     }
