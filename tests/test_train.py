@@ -51,6 +51,7 @@ from tests.helpers import (
 from trainer import checkpoints, datasets, diagnostics, loop, optimizers, plan, steps
 from trainer import input_pipeline as ip
 from trainer import state as state_lib
+from trainer.errors import ConfigError
 from trainer.loop import train_and_evaluate
 from trainer.metrics import read_metrics
 
@@ -212,10 +213,13 @@ def test_grad_transform_kwargs_reach_the_transform():
   np.testing.assert_allclose(updates["kernel"], -(g64 - mean) / (std + 1e-3), rtol=1e-5, atol=1e-6)
 
 
-def test_split_larger_than_the_dataset_is_a_clear_error(tmp_path):
+@pytest.mark.parametrize(
+  "field, split", [("train_split", "train[:100]"), ("validation_split", "train[x:]")]
+)
+def test_a_bad_split_is_a_clear_error_naming_its_field(tmp_path, field, split):
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-    with pytest.raises(ValueError, match="--config.train_split=train\\[:100\\]"):
-      train_and_evaluate(tiny_config(train_split="train[:100]"), str(tmp_path))
+    with pytest.raises(ConfigError, match=re.escape(f"--config.{field}={split}: ")):
+      train_and_evaluate(tiny_config(**{field: split}), str(tmp_path))
 
 
 @pytest.mark.slow

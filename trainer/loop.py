@@ -162,6 +162,9 @@ def finish(signal_name, step: int, plan: RunPlan, workdir: str, seconds: float, 
   return state
 
 
+EVAL_SPLITS = {"eval": "eval_split", "validation": "validation_split"}  # row prefix: config field
+
+
 def eval_scalars(row: dict) -> dict[str, float]:
   scalars = {"perf/images_per_second": row["images_per_second"] or 0.0}
   for name in EVAL_SPLITS:
@@ -169,9 +172,6 @@ def eval_scalars(row: dict) -> dict[str, float]:
       scalars[f"{name}/loss"] = row[f"{name}_loss"]
       scalars[f"{name}/accuracy"] = row[f"{name}_accuracy"]
   return scalars
-
-
-EVAL_SPLITS = {"eval": "eval_split", "validation": "validation_split"}  # row prefix: config field
 
 
 def load_data(config: ml_collections.ConfigDict):
@@ -185,7 +185,9 @@ def load_data(config: ml_collections.ConfigDict):
     except ValueError as e:  # a bad or empty split spec
       raise ConfigError(f"--config.{field}={config[field]}: {e}") from None
 
-  if config.validation_split:
+  train = load("train_split")
+  evals = {name: load(field) for name, field in EVAL_SPLITS.items() if config[field]}
+  if config.validation_split:  # both specs are valid: they loaded
     shared = datasets.shared_examples(
       config.dataset, config.train_split, config.validation_split, config.data_dir
     )
@@ -195,8 +197,7 @@ def load_data(config: ml_collections.ConfigDict):
         f"--config.train_split={config.train_split}; choose a validation slice outside it, "
         "e.g. train[:4096] with train[-2000:]"
       )
-  evals = {name: load(field) for name, field in EVAL_SPLITS.items() if config[field]}
-  return load("train_split"), evals
+  return train, evals
 
 
 class TrainMetrics:
