@@ -174,7 +174,7 @@ def render_markdown(records: Sequence[dict], preset) -> str:
     "",
     "## Reading (automatic, Holm-corrected)",
     "",
-    *_reading(table),
+    *_reading(table, preset),
     "",
     "## Missing runs",
     "",
@@ -183,12 +183,18 @@ def render_markdown(records: Sequence[dict], preset) -> str:
   return "\n".join(lines) + "\n"
 
 
-def _reading(table) -> list[str]:
+def _reading(table, preset) -> list[str]:
+  """The verdict per depth and endpoint, given once all the final seeds of that depth are in
+  (an interim look is described, not judged)."""
   out = []
+  planned = len(preset.final_seeds)
   for field, label in ENDPOINTS.items():
     for d in table[field]:
+      judged = (
+        verdict(d) if d["n"] == planned else f"cannot decide yet ({d['n']} of {planned} seeds)"
+      )
       out.append(
-        f"- tuned ZNorm beats tuned Adam at {d['model']} on the {label}: {verdict(d)} "
+        f"- tuned ZNorm beats tuned Adam at {d['model']} on the {label}: {judged} "
         f"(Δ {interval(d)} pp, n = {d['n']}, p Holm {d['p_holm']:.3f})."
       )
   return out or ["Not enough runs yet."]
@@ -219,23 +225,32 @@ def plot(records: Sequence[dict], preset, out: str | os.PathLike) -> Path:
   chosen rate ringed), and tuned ZNorm - tuned Adam per depth with 95% intervals."""
   fig, axes = plt.subplots(1, len(preset.models) + 1, figsize=(5.2 * (len(preset.models) + 1), 4.4))
   for ax, model in zip(axes, preset.models, strict=False):
+    all_rates = set()
     for base in preset.methods:
       rates, chosen = plan.grid(records, preset, model, base)
+      all_rates |= set(rates)
       color = COLORS.get(base, "C0")
       xs, means = [], []
       for rate in sorted(rates):
         values = [100 * v for v in grid_accuracies(records, preset, model, base, rate)]
-        ax.plot([rate] * len(values), values, ".", color=color, alpha=0.5)
         if values:
+          ax.plot([rate] * len(values), values, ".", color=color, alpha=0.5)
           xs.append(rate)
           means.append(statistics.fmean(values))
-      ax.plot(xs, means, "-o", ms=4, color=color, label=base)
+      if xs:
+        ax.plot(xs, means, "-o", ms=4, color=color, label=base)
       if chosen is not None and chosen in xs:
         ax.plot([chosen], [means[xs.index(chosen)]], "o", ms=12, mfc="none", color=color)
     ax.set_xscale("log", base=2)
+    ax.minorticks_off()
+    ax.set_xticks(sorted(all_rates), [f"{r:g}" for r in sorted(all_rates)])
+    ax.set_xlim(min(all_rates) / 1.4, max(all_rates) * 1.4)
     ax.set(title=model, xlabel="peak learning rate", ylabel="final validation accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower center")
+    if ax.lines:
+      ax.legend(fontsize=8, loc="lower center")
+    else:
+      ax.text(0.5, 0.5, "no runs yet", transform=ax.transAxes, ha="center", color="0.5")
   ax = axes[-1]
   table = compare(records, preset)
   depths = {m: i for i, m in enumerate((*preset.models, *preset.transfer_models))}
