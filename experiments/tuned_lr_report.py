@@ -63,11 +63,14 @@ def tuned_methods(records: Sequence[dict], preset, model: str) -> dict[str, str]
 
 def compare(records: Sequence[dict], preset) -> dict[str, list[dict]]:
   """Per endpoint, tuned ZNorm - tuned Adam at every model where both are chosen, paired by seed
-  over the final seeds, with ``p_holm`` (Holm over the models of that endpoint)."""
+  over the final seeds, with ``p_holm``: Holm over all the planned models of that endpoint,
+  those not compared yet counting as p = 1. Holm's adjusted p-values never fall when another
+  p-value rises, so an interim ``p_holm`` can only overstate the final one."""
   out = {}
+  planned = (*preset.models, *preset.transfer_models)
   for field in ENDPOINTS:
     rows = []
-    for model in (*preset.models, *preset.transfer_models):
+    for model in planned:
       tuned = tuned_methods(records, preset, model)
       if tuned is None:
         continue
@@ -75,8 +78,10 @@ def compare(records: Sequence[dict], preset) -> dict[str, list[dict]]:
       d = paired_difference(final, model, tuned["znorm"], tuned["adam"], field)
       if d is not None:
         rows.append({"model": model, "znorm": tuned["znorm"], "adam": tuned["adam"], **d})
-    for row, p in zip(rows, holm([r["p"] for r in rows]), strict=True):
+    padded = holm([r["p"] for r in rows] + [1.0] * (len(planned) - len(rows)))
+    for row, p in zip(rows, padded, strict=False):
       row["p_holm"] = p
+      row["family_complete"] = len(rows) == len(planned)
     out[field] = rows
   return out
 
@@ -170,7 +175,8 @@ def render_markdown(records: Sequence[dict], preset) -> str:
   lines += [
     "",
     "Δ: ZNorm - Adam, each at its chosen rate, paired by seed, mean [95% t interval]; p: "
-    "paired t-test; p Holm: Holm's correction over the depths of that endpoint.",
+    "paired t-test; p Holm: Holm's correction over the planned depths of that endpoint, the "
+    "depths not compared yet counted as p = 1 (which can only overstate p Holm).",
     "",
     "## Reading (automatic, Holm-corrected)",
     "",
@@ -185,14 +191,17 @@ def render_markdown(records: Sequence[dict], preset) -> str:
 
 def _reading(table, preset) -> list[str]:
   """The verdict per depth and endpoint, given once all the final seeds of that depth are in
-  (an interim look is described, not judged)."""
+  (an interim look is described, not judged). A "supported" or "contradicted" under the interim
+  (overstated) p Holm stands; a "cannot decide" waits for the whole family."""
   out = []
   planned = len(preset.final_seeds)
   for field, label in ENDPOINTS.items():
     for d in table[field]:
-      judged = (
-        verdict(d) if d["n"] == planned else f"cannot decide yet ({d['n']} of {planned} seeds)"
-      )
+      judged = verdict(d)
+      if d["n"] < planned:
+        judged = f"cannot decide yet ({d['n']} of {planned} seeds)"
+      elif judged == "cannot decide" and not d["family_complete"]:  # p Holm may still fall
+        judged = "cannot decide yet (not every depth compared)"
       out.append(
         f"- tuned ZNorm beats tuned Adam at {d['model']} on the {label}: {judged} "
         f"(Δ {interval(d)} pp, n = {d['n']}, p Holm {d['p_holm']:.3f})."

@@ -216,9 +216,11 @@ def test_the_final_comparison_matches_scipy_and_holm_over_depths():
     assert d["n"] == 5 and d["p"] == pytest.approx(want.pvalue)
     assert d["mean"] == pytest.approx(sum(a) / 5 - sum(b) / 5) and d["ci"] == pytest.approx(ci)
     ps.append(want.pvalue)
+  # Holm over the 3 planned depths; ResNet-110, not compared yet, counts as p = 1.
   lo, hi = sorted(ps)
-  holm = {lo: min(1, 2 * lo), hi: max(min(1, 2 * lo), min(1, hi))}
+  holm = {lo: min(1, 3 * lo), hi: max(min(1, 3 * lo), min(1, 2 * hi))}
   assert [d["p_holm"] for d in table] == pytest.approx([holm[p] for p in ps])
+  assert not any(d["family_complete"] for d in table)
   md = report.render_markdown(records, PRESET)
   judged = "tuned ZNorm beats tuned Adam at resnet20 on the final test accuracy: cannot decide ("
   assert judged in md  # p Holm > 0.05 with all 5 seeds: judged, not supported
