@@ -17,7 +17,8 @@ Runs are `experiments.runs` runs of the preset (``configs/study_tuned_cpu.py``) 
 4. ``transfer_models`` at the rates chosen at the last grid model, ``final_seeds``. A run
    recorded in the paper study's jsonl whose protocol fields all match (same model, method,
    rate, seed, epochs, splits, batch and schedule: the validation slice does not change a
-   run's training) is reused there, marked ``reused_from``.
+   run's training) is reused there, marked ``reused_from``, once this study's runs at the
+   depth study's rate reproduce that study's test accuracies exactly (`reproduction`).
 
 `experiments.tuned_lr_report` writes ``tuned_lr.md`` and ``tuned_lr.png`` from the records.
 """
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,7 +36,7 @@ from absl import logging
 from experiments import runs, tuned_lr_report
 from experiments.study_report import RESULTS_NAME as PAPER_RESULTS_NAME
 from experiments.study_report import preset_records
-from experiments.tuned_lr_plan import planned_runs
+from experiments.tuned_lr_plan import method_name, planned_runs
 from trainer.metrics import append_record
 
 NAME = tuned_lr_report.NAME
@@ -43,10 +45,10 @@ NAME = tuned_lr_report.NAME
 PROTOCOL_CONFIG = runs.RECORDED_CONFIG
 
 
-def reusable_record(paper_records: Sequence[dict], preset, model: str, method: str, seed: int):
-  """The newest paper-study record that trained exactly this run (the same model, seed, epochs,
-  splits and every `PROTOCOL_CONFIG` field), relabelled for this study with ``reused_from``;
-  None if there is none."""
+def _paper_record(paper_records, preset, model: str, method: str, seed: int, *, strict: bool):
+  """The newest paper-study record that trained this run: the same model, seed, epochs, splits
+  and `PROTOCOL_CONFIG` fields; with ``strict=False`` a field that the record predates (an older
+  record keeps fewer) is not compared. None if there is none."""
   config = json.loads(runs.make_config(method, model, seed, preset).to_json())
   wanted = {
     "budget": "cpu",
@@ -57,15 +59,60 @@ def reusable_record(paper_records: Sequence[dict], preset, model: str, method: s
     "eval_split": preset.eval_split,
   }
   for r in reversed(paper_records):
-    same_run = all(r.get(k) == v for k, v in wanted.items())
-    if same_run and all(r.get("config", {}).get(f) == config[f] for f in PROTOCOL_CONFIG):
-      return {
-        **r,
-        "method": method,
-        "budget": preset.name,
-        "reused_from": {"file": f"{PAPER_RESULTS_NAME}.jsonl", "method": r["method"]},
-      }
+    kept = r.get("config", {})
+    fields = PROTOCOL_CONFIG if strict else [f for f in PROTOCOL_CONFIG if f in kept]
+    if all(r.get(k) == v for k, v in wanted.items()) and all(
+      kept.get(f) == config[f] for f in fields
+    ):
+      return r
   return None
+
+
+def reusable_record(paper_records: Sequence[dict], preset, model: str, method: str, seed: int):
+  """The newest paper-study record that trained exactly this run (the same model, seed, epochs,
+  splits and every `PROTOCOL_CONFIG` field), relabelled for this study with ``reused_from``;
+  None if there is none."""
+  r = _paper_record(paper_records, preset, model, method, seed, strict=True)
+  if r is None:
+    return None
+  return {
+    **r,
+    "method": method,
+    "budget": preset.name,
+    "reused_from": {"file": f"{PAPER_RESULTS_NAME}.jsonl", "method": r["method"]},
+  }
+
+
+def reproduction(records: Sequence[dict], paper_records: Sequence[dict], preset) -> list[dict]:
+  """The precondition of reuse (protocol, "ResNet-110"): this study's runs of the grid models at
+  the depth study's rate (``preset.learning_rate``), grid seeds, each beside the depth study's
+  record of the same run. One row per run: ``run`` (model, method, seed), ``ours`` and
+  ``theirs`` (the test accuracies after each epoch, or None where not recorded) and ``same``
+  (both recorded and identical)."""
+  rows = []
+  for model in preset.models:
+    for base in preset.methods:
+      method = method_name(base, preset.learning_rate)
+      for seed in preset.seeds:
+        ours = next(
+          (r for r in records if (r["model"], r["method"], r["seed"]) == (model, method, seed)),
+          None,
+        )
+        theirs = _paper_record(paper_records, preset, model, method, seed, strict=False)
+        ours_acc, theirs_acc = (r and r["epoch_accuracies"] for r in (ours, theirs))
+        rows.append(
+          {
+            "run": (model, method, seed),
+            "ours": ours_acc,
+            "theirs": theirs_acc,
+            "same": ours_acc is not None and ours_acc == theirs_acc,
+          }
+        )
+  return rows
+
+
+def read_paper_records(results_dir: str | os.PathLike) -> list[dict]:
+  return runs.read_study_records(Path(results_dir) / f"{PAPER_RESULTS_NAME}.jsonl", log=None)
 
 
 def run(preset, *, data_dir, results_dir, workdir_root, max_runs=None, trainer=None, log=print):
@@ -73,34 +120,43 @@ def run(preset, *, data_dir, results_dir, workdir_root, max_runs=None, trainer=N
   rebuilding the report after each."""
   results_dir = Path(results_dir)
   jsonl = results_dir / f"{NAME}.jsonl"
-  paper = runs.read_study_records(results_dir / f"{PAPER_RESULTS_NAME}.jsonl", log=None)
+  paper = read_paper_records(results_dir)
 
-  def plan(records: list[dict]) -> list[tuple[str, str, int]]:
-    planned = planned_runs(preset_records(records, preset), preset)
-    done = {(r["model"], r["method"], r["seed"]) for r in preset_records(records, preset)}
-    for model, method, seed in planned:
+  def reuse(records: list[dict]) -> list[dict]:
+    """Appends (and returns) the paper-study records that planned runs of the transfer models
+    may reuse: none until this study has reproduced the paper study's runs."""
+    records = preset_records(records, preset)
+    if not all(row["same"] for row in reproduction(records, paper, preset)):
+      return []
+    done = {(r["model"], r["method"], r["seed"]) for r in records}
+    reused = []
+    for model, method, seed in planned_runs(records, preset):
+      record = None
       if model in preset.transfer_models and (model, method, seed) not in done:
-        reused = reusable_record(paper, preset, model, method, seed)
-        if reused is not None:
-          append_record(jsonl, reused)
-          log(f"{NAME}: {model} {method} seed {seed}: reused from {PAPER_RESULTS_NAME}.jsonl")
-          return plan(runs.read_study_records(jsonl, log=None))
-    return planned
+        record = reusable_record(paper, preset, model, method, seed)
+      if record is not None:
+        append_record(jsonl, record)
+        reused.append(record)
+        log(f"{NAME}: {model} {method} seed {seed}: reused from {PAPER_RESULTS_NAME}.jsonl")
+    return reused
 
   def report(records: list[dict]) -> None:
-    for path in tuned_lr_report.write_report(preset_records(records, preset), preset, results_dir):
+    records = preset_records(records, preset)
+    checked = reproduction(records, paper, preset)
+    for path in tuned_lr_report.write_report(records, preset, results_dir, checked):
       log(f"{NAME}: wrote {path}")
 
+  reuse(runs.read_study_records(jsonl, log=None))  # the transfer runs may be due already
   runs.run_missing(
     preset,
-    plan,
+    lambda records: planned_runs(preset_records(records, preset), preset),
     jsonl,
     data_dir=data_dir,
     workdir_root=workdir_root,
     max_runs=max_runs,
     trainer=trainer,
     log=log,
-    after_each=report,
+    after_each=lambda records: report([*records, *reuse(records)]),
   )
   report(runs.read_study_records(jsonl))
 
@@ -123,7 +179,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   preset = runs.load_preset(args.preset)
   if args.report_only:
     records = preset_records(runs.read_study_records(Path(args.results) / f"{NAME}.jsonl"), preset)
-    for path in tuned_lr_report.write_report(records, preset, args.results):
+    checked = reproduction(records, read_paper_records(args.results), preset)
+    for path in tuned_lr_report.write_report(records, preset, args.results, checked):
       print(f"wrote {path}")
     return
   logging.set_verbosity(logging.WARNING)  # orbax and tfds are chatty at INFO

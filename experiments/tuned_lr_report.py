@@ -1,10 +1,11 @@
 """The tuned-learning-rate study's report and figure: pure functions of its records.
 
-``plan.md``: the protocol in brief, the validation grid with the chosen rates, the final
+``tuned_lr.md``: the protocol in brief, the validation grid with the chosen rates, the final
 comparison of tuned ZNorm with tuned Adam on the test slice (paired by seed, 95% t interval,
 paired t-test, Holm over the depths of an endpoint), an automatic reading and the runs still
-missing. ``plan.png``: validation accuracy against learning rate at each grid depth (mean
-over seeds, each seed a dot) and the tuned gain at each depth.
+missing. ``tuned_lr.png``: validation accuracy against learning rate at each grid depth (mean
+over seeds, each seed a dot) and the tuned gain at each depth. The reproduction check that
+gates reuse is computed by `experiments.tuned_lr.reproduction` and passed in.
 """
 
 from __future__ import annotations
@@ -116,8 +117,9 @@ def _edge_note(records, preset, model: str, base: str) -> str:
   return f"{chosen:g}" + (" (at an edge of the grid after every extension)" if edge else "")
 
 
-def render_markdown(records: Sequence[dict], preset) -> str:
-  """``plan.md`` from the preset's records."""
+def render_markdown(records: Sequence[dict], preset, reproduction: Sequence[dict] = ()) -> str:
+  """``tuned_lr.md`` from the preset's records and the rows of the reproduction check
+  (`experiments.tuned_lr.reproduction`)."""
   table = compare(records, preset)
   lines = [
     f"# Tuned learning rates: ZNorm + Adam against Adam (preset `{preset.name}`)",
@@ -186,6 +188,8 @@ def render_markdown(records: Sequence[dict], preset) -> str:
     "",
     _missing(records, preset),
   ]
+  if preset.transfer_models and reproduction:
+    lines += ["", "## Reproduction of the depth study", "", _reproduction(reproduction, preset)]
   return "\n".join(lines) + "\n"
 
 
@@ -207,6 +211,27 @@ def _reading(table, preset) -> list[str]:
         f"(Δ {interval(d)} pp, n = {d['n']}, p Holm {d['p_holm']:.3f})."
       )
   return out or ["Not enough runs yet."]
+
+
+def _reproduction(rows: Sequence[dict], preset) -> str:
+  """Whether the depth study's runs may be reused (protocol, "ResNet-110")."""
+  recorded = [r for r in rows if r["ours"] is not None]
+  differ = [r for r in recorded if not r["same"]]
+  text = (
+    f"The depth study's {', '.join(preset.transfer_models)} runs are reused only if this "
+    f"study's runs at its rate ({preset.learning_rate:g}, seeds "
+    f"{', '.join(map(str, preset.seeds))}, at {', '.join(preset.models)}) reproduce its test "
+    f"accuracies exactly, after every epoch: {len(recorded)} of {len(rows)} recorded, "
+    f"{len(recorded) - len(differ)} identical"
+  )
+  if differ:
+    runs_differ = ", ".join(
+      " ".join(map(str, r["run"][:2])) + f" seed {r['run'][2]}" for r in differ
+    )
+    return text + f"; differ: {runs_differ}. Reuse: refused, every run is trained again."
+  if len(recorded) < len(rows):
+    return text + ". Reuse: not yet (waits for the rest)."
+  return text + ". Reuse: allowed."
 
 
 def _missing(records, preset) -> str:
@@ -288,9 +313,14 @@ def plot(records: Sequence[dict], preset, out: str | os.PathLike) -> Path:
   return save_figure(fig, out)
 
 
-def write_report(records: Sequence[dict], preset, results_dir: str | os.PathLike) -> list[Path]:
-  """Writes ``plan.md`` and ``plan.png`` into ``results_dir``, each atomically."""
+def write_report(
+  records: Sequence[dict],
+  preset,
+  results_dir: str | os.PathLike,
+  reproduction: Sequence[dict] = (),
+) -> list[Path]:
+  """Writes ``tuned_lr.md`` and ``tuned_lr.png`` into ``results_dir``, each atomically."""
   results_dir = Path(results_dir)
-  md = write_atomic(results_dir / f"{NAME}.md", render_markdown(records, preset))
+  md = write_atomic(results_dir / f"{NAME}.md", render_markdown(records, preset, reproduction))
   png = write_atomic(results_dir / f"{NAME}.png", lambda tmp: plot(records, preset, tmp))
   return [md, png]

@@ -2,7 +2,9 @@
 records, ties, edge extension), the run order, the validation slice against the training slice,
 the reuse of recorded runs, the statistics against scipy, and the report."""
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 from scipy import stats as scipy_stats
@@ -159,6 +161,7 @@ def paper_record(method="adam", seed=0, model="resnet110", lr=1e-3, **config):
     "train_split": "train[:4096]",
     "eval_split": "test[:2000]",
     "final_accuracy": 0.4,
+    "epoch_accuracies": [0.1, 0.2, 0.3, 0.4],
     "config": kept,
   }
 
@@ -181,6 +184,91 @@ def test_a_paper_run_is_reused_only_when_every_protocol_field_matches():
     [{**paper_record(), "budget": "gpu"}],
   ):
     assert tuned_lr.reusable_record(other, PRESET, "resnet110", "adam_lr0.001", 0) is None
+
+
+def a_study_chosen_at(rate):
+  """Records of the whole grid and final seeds at ResNet-20 and -56, both methods chosen at
+  ``rate``, and depth-study records of the same runs at 1e-3 and of ResNet-110 (seeds 0-4),
+  the accuracies of every pair identical."""
+  records, paper = [], []
+  for model in ("resnet20", "resnet56"):
+    for base in ("adam", "znorm"):
+      records += grid_records(model, base, {r: (0.5 if r == rate else 0.3) for r in GRID})
+      records += [rec(model, base, rate, seed) for seed in (3, 4)]
+      paper += [paper_record(base, seed, model) for seed in (0, 1, 2)]
+  paper += [paper_record(base, seed) for base in ("adam", "znorm") for seed in range(5)]
+  # Older depth-study records predate a config field: the accuracies are still compared.
+  del paper[0]["config"]["grad_transform_kwargs"]
+  return records, paper
+
+
+def test_the_depth_study_is_reused_only_once_its_runs_are_reproduced(tmp_path):
+  records, paper = a_study_chosen_at(1e-3)
+  rows = tuned_lr.reproduction(records, paper, PRESET)
+  assert [r["run"] for r in rows][:3] == [("resnet20", "adam_lr0.001", s) for s in (0, 1, 2)]
+  assert len(rows) == 12 and all(r["same"] for r in rows)
+  assert "12 of 12 recorded, 12 identical. Reuse: allowed." in report.render_markdown(
+    records, PRESET, rows
+  )
+  missing = tuned_lr.reproduction(records[1:], paper, PRESET)  # resnet20 adam 5e-4 seed 0 ...
+  assert all(r["same"] for r in missing)  # ... is not a run at 1e-3
+  no_seed_1 = [r for r in records if (r["method"], r["seed"]) != ("znorm_lr0.001", 1)]
+  assert "10 of 12 recorded, 10 identical. Reuse: not yet" in report.render_markdown(
+    no_seed_1, PRESET, tuned_lr.reproduction(no_seed_1, paper, PRESET)
+  )
+
+  trained = []
+
+  def trainer(config, workdir):
+    """Trains ResNet-56 runs as ``rec`` records them; refuses ResNet-110."""
+    if config.model == "resnet110":
+      raise RuntimeError(f"would train {config.model} seed {config.seed}")
+    trained.append((config.model, config.seed))
+    Path(workdir).mkdir(parents=True)
+    metrics = [
+      {
+        "step": 32 * e,
+        "epoch": e,
+        "train_loss": 1.0,
+        "eval_accuracy": e / 10,
+        "validation_accuracy": 0.5,
+      }
+      for e in (1, 2, 3, 4)
+    ]
+    (Path(workdir) / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+
+  def run_study(records, paper, folder):
+    folder.mkdir()
+    for name, rows in (("tuned_lr", records), ("paper_study", paper)):
+      (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tuned_lr.run(
+      PRESET, data_dir=None, results_dir=folder, workdir_root=folder, trainer=trainer, log=print
+    )
+    return runs.read_study_records(folder / "tuned_lr.jsonl", log=None)
+
+  # The last ResNet-56 final seed trains; the ResNet-110 runs are then reused, none trained.
+  last = ("resnet56", "znorm_lr0.001", 4)
+  got = run_study(
+    [r for r in records if (r["model"], r["method"], r["seed"]) != last], paper, tmp_path / "r"
+  )
+  assert trained == [("resnet56", 4)]
+  reused = [r for r in got if r["model"] == "resnet110"]
+  assert len(reused) == 10 and all(r["reused_from"]["file"] == "paper_study.jsonl" for r in reused)
+  assert len(got) == len(records) + 10
+  assert "Reuse: allowed." in (tmp_path / "r" / "tuned_lr.md").read_text()
+  # One epoch of one run not reproduced: nothing is reused, the first ResNet-110 run trains.
+  differ = [dict(r, epoch_accuracies=list(r["epoch_accuracies"])) for r in records]
+  changed = next(
+    r for r in differ if (r["model"], r["method"], r["seed"]) == ("resnet56", "znorm_lr0.001", 2)
+  )
+  changed["epoch_accuracies"][1] += 0.0005
+  rows = tuned_lr.reproduction(differ, paper, PRESET)
+  assert [r["run"] for r in rows if not r["same"]] == [("resnet56", "znorm_lr0.001", 2)]
+  assert "differ: resnet56 znorm_lr0.001 seed 2. Reuse: refused" in report.render_markdown(
+    differ, PRESET, rows
+  )
+  with pytest.raises(RuntimeError, match="would train resnet110 seed 0"):
+    run_study(differ, paper, tmp_path / "differs")
 
 
 def test_the_final_comparison_matches_scipy_and_holm_over_depths():
