@@ -26,7 +26,7 @@ import jax
 import ml_collections
 
 import configs
-from experiments.study_report import migrate, parse_method, preset_records
+from experiments.study_report import migrate, parse_method, planned_run, preset_records
 from trainer import workdir as workdir_lib
 from trainer.errors import TrainerError
 from trainer.loop import train_and_evaluate
@@ -223,7 +223,7 @@ def run_missing(
   new: list[dict] = []
   while max_runs is None or len(new) < max_runs:
     records = read_study_records(jsonl, log=None if new else log)
-    done = {(r["model"], r["method"], r["seed"]) for r in preset_records(records, preset)}
+    done = {planned_run(r) for r in preset_records(records, preset)}
     planned = list(plan(records))
     todo = [p for p in planned if p not in done]
     if not new:

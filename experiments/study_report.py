@@ -90,6 +90,11 @@ def run_key(record: dict) -> tuple:
   return tuple(record.get(f) for f in KEY_FIELDS)
 
 
+def planned_run(record: dict) -> tuple[str, str, int]:
+  """``(model, method, seed)``: how a study's plan names a run of its preset."""
+  return record["model"], record["method"], record["seed"]
+
+
 def preset_records(records: Iterable[dict], preset) -> list[dict]:
   """The records of ``preset`` (budget, epochs and splits); for each run key the last one."""
   by_key = {}

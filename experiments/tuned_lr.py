@@ -35,7 +35,7 @@ from absl import logging
 
 from experiments import runs, tuned_lr_report
 from experiments.study_report import RESULTS_NAME as PAPER_RESULTS_NAME
-from experiments.study_report import preset_records
+from experiments.study_report import planned_run, preset_records
 from experiments.tuned_lr_plan import method_name, planned_runs
 from trainer.metrics import append_record
 
@@ -89,15 +89,13 @@ def reproduction(records: Sequence[dict], paper_records: Sequence[dict], preset)
   record of the same run. One row per run: ``run`` (model, method, seed), ``ours`` and
   ``theirs`` (the test accuracies after each epoch, or None where not recorded) and ``same``
   (both recorded and identical)."""
+  by_run = {planned_run(r): r for r in records}
   rows = []
   for model in preset.models:
     for base in preset.methods:
       method = method_name(base, preset.learning_rate)
       for seed in preset.seeds:
-        ours = next(
-          (r for r in records if (r["model"], r["method"], r["seed"]) == (model, method, seed)),
-          None,
-        )
+        ours = by_run.get((model, method, seed))
         theirs = _paper_record(paper_records, preset, model, method, seed, strict=False)
         ours_acc, theirs_acc = (r and r["epoch_accuracies"] for r in (ours, theirs))
         rows.append(
@@ -112,6 +110,7 @@ def reproduction(records: Sequence[dict], paper_records: Sequence[dict], preset)
 
 
 def read_paper_records(results_dir: str | os.PathLike) -> list[dict]:
+  """The paper (and depth) study's records in ``results_dir``, the runs this study may reuse."""
   return runs.read_study_records(Path(results_dir) / f"{PAPER_RESULTS_NAME}.jsonl", log=None)
 
 
@@ -128,7 +127,7 @@ def run(preset, *, data_dir, results_dir, workdir_root, max_runs=None, trainer=N
     records = preset_records(records, preset)
     if not all(row["same"] for row in reproduction(records, paper, preset)):
       return []
-    done = {(r["model"], r["method"], r["seed"]) for r in records}
+    done = {planned_run(r) for r in records}
     reused = []
     for model, method, seed in planned_runs(records, preset):
       record = None

@@ -26,6 +26,7 @@ from experiments.study_report import (
   interval,
   mean_std,
   paired_difference,
+  planned_run,
   plt,
   save_figure,
   verdict,
@@ -235,7 +236,7 @@ def _reproduction(rows: Sequence[dict], preset) -> str:
 
 
 def _missing(records, preset) -> str:
-  done = {(r["model"], r["method"], r["seed"]) for r in records}
+  done = {planned_run(r) for r in records}
   missing = [p for p in plan.planned_runs(records, preset) if p not in done]
   pending = [
     f"the final seeds at {model}"
