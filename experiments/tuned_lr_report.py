@@ -66,8 +66,9 @@ def tuned_methods(records: Sequence[dict], preset, model: str) -> dict[str, str]
 def compare(records: Sequence[dict], preset) -> dict[str, list[dict]]:
   """Per endpoint, tuned ZNorm - tuned Adam at every model where both are chosen, paired by seed
   over the final seeds, with ``p_holm``: Holm over all the planned models of that endpoint,
-  those not compared yet counting as p = 1. Holm's adjusted p-values never fall when another
-  p-value rises, so an interim ``p_holm`` can only overstate the final one."""
+  those without all their final seeds yet counting as p = 1 (an interim p may still rise).
+  Holm's adjusted p-values never fall when another p-value rises, so an interim ``p_holm`` can
+  only overstate the final one."""
   out = {}
   planned = (*preset.models, *preset.transfer_models)
   for field in ENDPOINTS:
@@ -80,10 +81,12 @@ def compare(records: Sequence[dict], preset) -> dict[str, list[dict]]:
       d = paired_difference(final, model, tuned["znorm"], tuned["adam"], field)
       if d is not None:
         rows.append({"model": model, "znorm": tuned["znorm"], "adam": tuned["adam"], **d})
-    padded = holm([r["p"] for r in rows] + [1.0] * (len(planned) - len(rows)))
+    complete = [r["n"] == len(preset.final_seeds) for r in rows]
+    p_final = [r["p"] if done else 1.0 for r, done in zip(rows, complete, strict=True)]
+    padded = holm(p_final + [1.0] * (len(planned) - len(rows)))
     for row, p in zip(rows, padded, strict=False):
       row["p_holm"] = p
-      row["family_complete"] = len(rows) == len(planned)
+      row["family_complete"] = sum(complete) == len(planned)
     out[field] = rows
   return out
 

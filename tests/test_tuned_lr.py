@@ -320,6 +320,18 @@ def test_the_final_comparison_matches_scipy_and_holm_over_depths():
   # An interim look (seed 4 missing) is described, not judged.
   interim = report.render_markdown([r for r in records if r["seed"] != 4], PRESET)
   assert "at resnet20 on the final test accuracy: cannot decide yet (4 of 5 seeds)" in interim
+  # A depth with only some of its final seeds counts as p = 1 in Holm: its interim p (here
+  # nan from one seed, or a low one from a lucky few) may not stand for its final p.
+  for seeds in ((0,), (0, 1, 2)):
+    started = records + [
+      rec("resnet110", base, 4e-3, s, final=0.3 + (0.1 + 0.01 * s) * (base == "znorm"))
+      for base in ("adam", "znorm")
+      for s in seeds
+    ]
+    partial = report.compare(started, PRESET)["final_accuracy"]
+    assert [d["n"] for d in partial] == [5, 5, len(seeds)]
+    assert [d["p_holm"] for d in partial[:2]] == pytest.approx([holm[p] for p in ps])
+    assert not any(d["family_complete"] for d in partial)
 
 
 def test_write_report_writes_the_markdown_and_the_figure(tmp_path):
