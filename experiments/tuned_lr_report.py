@@ -303,7 +303,10 @@ def plot(records: Sequence[dict], preset, out: str | os.PathLike) -> Path:
       label=label,
     )
   ax.axhline(0, color="0.5", lw=0.8)
-  ax.set_xticks(list(depths.values()), list(depths))
+  seeds = {d["model"]: d["n"] for d in table["final_accuracy"]}
+  ax.set_xticks(
+    list(depths.values()), [f"{m}\n(n = {seeds[m]})" if m in seeds else m for m in depths]
+  )
   ax.set_xlim(-0.5, len(depths) - 0.5)
   ax.set(title="tuned ZNorm - tuned Adam (95% interval)", ylabel="Δ test accuracy (pp)")
   ax.grid(alpha=0.3)
