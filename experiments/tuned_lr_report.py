@@ -84,8 +84,9 @@ def compare(records: Sequence[dict], preset) -> dict[str, list[dict]]:
     complete = [r["n"] == len(preset.final_seeds) for r in rows]
     p_final = [r["p"] if done else 1.0 for r, done in zip(rows, complete, strict=True)]
     padded = holm(p_final + [1.0] * (len(planned) - len(rows)))
-    for row, p in zip(rows, padded, strict=False):
+    for row, p, done in zip(rows, padded, complete, strict=False):
       row["p_holm"] = p
+      row["seeds_complete"] = done
       row["family_complete"] = sum(complete) == len(planned)
     out[field] = rows
   return out
@@ -206,7 +207,7 @@ def _reading(table, preset) -> list[str]:
   for field, label in ENDPOINTS.items():
     for d in table[field]:
       judged = verdict(d)
-      if d["n"] < planned:
+      if not d["seeds_complete"]:
         judged = f"cannot decide yet ({d['n']} of {planned} seeds)"
       elif judged == "cannot decide" and not d["family_complete"]:  # p Holm may still fall
         judged = "cannot decide yet (not every depth compared)"
