@@ -93,7 +93,11 @@ def steps(out: Path, data_dir: str | None, smoke: bool) -> list[Step]:
       "study",
       [python, "-m", "experiments.tuned_lr", "--preset", study, *data]
       + ["--results", str(out / "study"), "--workdir_root", str(out / "study_runs")],
-      {"records": str(out / "study" / "tuned_lr.jsonl")},
+      {
+        "records": str(
+          out / "study" / f"{configs.make_config(f'study_{study}').results_name}.jsonl"
+        )
+      },
     ),
   ]
 

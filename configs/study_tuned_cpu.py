@@ -14,6 +14,11 @@ def get_config():
   config.update(
     {
       "name": "tuned_cpu",
+      "results_name": "tuned_lr",  # experiments/results/{results_name}.{jsonl,md,png}
+      "protocol": "tuned_lr_protocol.md",  # in experiments/, fixed before the first run
+      # Transfer-model runs recorded by the depth study (paper_study.jsonl) are reused once
+      # this study reproduces that study's runs at its rate (the protocol, "ResNet-110").
+      "reuse_paper_runs": True,
       "validation_split": "train[-2000:]",
       "note": "a few epochs on a train subset, one budget: early training only",
     }

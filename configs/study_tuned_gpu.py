@@ -16,6 +16,7 @@ def get_config():
   config.update(
     {
       "name": "tuned_gpu",
+      "results_name": "tuned_lr_gpu",
       "epochs": 30,
       "train_split": "train[:45000]",
       "validation_split": "train[45000:]",

@@ -9,6 +9,7 @@ def get_config():
   config.update(
     {
       "name": "tuned_test",
+      "results_name": "tuned_lr_test",
       "models": ("resnet20",),
       "epochs": smoke.epochs,
       "train_split": smoke.train_split,

@@ -34,7 +34,18 @@ from trainer.metrics import append_record, column, read_metrics, read_records
 
 RESULTS_DIR = configs.ROOT / "experiments" / "results"
 RUNS_DIR = configs.ROOT / "runs"
-PRESETS = ("cpu", "gpu", "test", "tuned_cpu", "tuned_gpu", "tuned_test")  # configs/study_*.py
+# configs/study_*.py: the paper and depth studies', then the tuned-learning-rate studies'.
+PRESETS = (
+  "cpu",
+  "gpu",
+  "test",
+  "tuned_cpu",
+  "tuned_gpu",
+  "tuned_test",
+  "tuned_long_cpu",
+  "tuned_long_gpu",
+  "tuned_long_test",
+)
 # Config fields copied into each record (the report describes the methods from them).
 RECORDED_CONFIG = (
   "optimizer",

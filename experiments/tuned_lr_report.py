@@ -33,7 +33,6 @@ from experiments.study_report import (
 )
 from trainer.files import markdown_table, write_atomic
 
-NAME = "tuned_lr"  # of the jsonl, the report and the figure
 ENDPOINTS = {
   "final_accuracy": "final test accuracy",
   "mean_epoch_accuracy": "mean of the per-epoch test accuracies",
@@ -321,14 +320,62 @@ def plot(records: Sequence[dict], preset, out: str | os.PathLike) -> Path:
   return save_figure(fig, out)
 
 
+def plot_curves(records: Sequence[dict], preset, out: str | os.PathLike) -> Path:
+  """Test accuracy after each epoch of both methods at their chosen rates, one panel per depth
+  (grid and transfer models): the mean over the recorded final seeds, the seeds' range
+  shaded."""
+  models = (*preset.models, *preset.transfer_models)
+  fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 4.2), squeeze=False)
+  for ax, model in zip(axes[0], models, strict=True):
+    for base, method in (tuned_methods(records, preset, model) or {}).items():
+      curves = [
+        (r["eval_epochs"], [100 * a for a in r["epoch_accuracies"]])
+        for r in _runs(records, model, method)
+        if r["seed"] in preset.final_seeds
+      ]
+      if not curves:
+        continue
+      epochs = curves[0][0]
+      by_epoch = list(zip(*(acc for _, acc in curves), strict=True))
+      color = COLORS.get(base, "C0")
+      mean = [statistics.fmean(v) for v in by_epoch]
+      ax.plot(epochs, mean, "-o", ms=3, color=color, label=f"{method} (n = {len(curves)})")
+      ax.fill_between(
+        epochs, [min(v) for v in by_epoch], [max(v) for v in by_epoch], color=color, alpha=0.2, lw=0
+      )
+    ax.set(title=model, xlabel="epoch", ylabel=f"test accuracy on {preset.eval_split} (%)")
+    ax.grid(alpha=0.3)
+    if ax.lines:
+      ax.legend(fontsize=8, loc="lower right")
+    else:
+      ax.text(
+        0.5,
+        0.5,
+        "no runs at the chosen rates yet",
+        transform=ax.transAxes,
+        ha="center",
+        color="0.5",
+      )
+  fig.suptitle(
+    f"CIFAR-10, {preset.epochs} epochs of {preset.train_split}: each method at its chosen rate "
+    "(mean over seeds, range shaded)",
+    fontsize=10,
+  )
+  fig.tight_layout()
+  return save_figure(fig, out)
+
+
 def write_report(
   records: Sequence[dict],
   preset,
   results_dir: str | os.PathLike,
   reproduction: Sequence[dict] = (),
 ) -> list[Path]:
-  """Writes ``tuned_lr.md`` and ``tuned_lr.png`` into ``results_dir``, each atomically."""
+  """Writes ``{results_name}.md``, ``.png`` (the grid, the gain) and ``_curves.png`` (the
+  learning curves) into ``results_dir``, each atomically."""
   results_dir = Path(results_dir)
-  md = write_atomic(results_dir / f"{NAME}.md", render_markdown(records, preset, reproduction))
-  png = write_atomic(results_dir / f"{NAME}.png", lambda tmp: plot(records, preset, tmp))
-  return [md, png]
+  name = results_dir / preset.results_name
+  md = write_atomic(f"{name}.md", render_markdown(records, preset, reproduction))
+  png = write_atomic(f"{name}.png", lambda tmp: plot(records, preset, tmp))
+  curves = write_atomic(f"{name}_curves.png", lambda tmp: plot_curves(records, preset, tmp))
+  return [md, png, curves]
