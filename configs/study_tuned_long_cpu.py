@@ -1,8 +1,8 @@
 """Tuned-learning-rate study preset `tuned_long_cpu` (experiments/tuned_long_protocol.md): the
 question of `tuned_cpu` (is ZNorm better than a tuned Adam?) at a ~27x larger budget.
 
-10 epochs of the whole training split but a 5,000-image validation slice (train[:45000], 352
-steps per epoch, 3,520 steps), batch 128, cosine schedule; validation accuracy on
+10 epochs of the whole training split but a 5,000-image validation slice (train[:45000], 351
+steps per epoch, 3,510 steps), batch 128, cosine schedule; validation accuracy on
 train[45000:] and test accuracy on the whole test split after each epoch. Grid at ResNet-20
 only (1e-3, 2e-3, 4e-3, seeds 0 and 1); final seeds 0-2; ResNet-56 at the ResNet-20 rates.
 
@@ -33,8 +33,7 @@ def get_config():
   config.learning_rates = (1e-3, 2e-3, 4e-3)
   config.final_seeds = (0, 1, 2)
   config.transfer_models = ("resnet56",)
-  # The default 8 steps per dispatch: 352 steps per epoch is a multiple of 8, so every
-  # dispatch but none is 8 steps (12% faster than 1 on 2 CPU cores for ResNet-20,
-  # benchmarks/README.md section 3).
+  # The default 8 steps per dispatch (12% faster than 1 on 2 CPU cores for ResNet-20,
+  # benchmarks/README.md section 3); each epoch's last 7 of its 351 steps run singly.
   config.overrides = {}
   return config

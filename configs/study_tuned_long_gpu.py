@@ -1,5 +1,5 @@
 """Tuned-learning-rate study preset `tuned_long_gpu`: the protocol of `tuned_long_cpu` at the
-paper's scale, 200 epochs (70,400 steps), the same splits, grid, seeds and transfer depth.
+paper's scale, 200 epochs (70,200 steps), the same splits, grid, seeds and transfer depth.
 
     python -m experiments.tuned_lr --preset tuned_long_gpu --data_dir ~/tensorflow_datasets
 

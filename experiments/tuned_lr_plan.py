@@ -6,6 +6,10 @@ A method's rates at a model (`grid`) are the preset's grid, then, while its best
 the best mean final validation accuracy over the grid seeds; of tied rates, the smallest) is the
 largest or the smallest it has, the next rate beyond it (x2 or /2), at most
 ``preset.max_extensions`` per side. The chosen rate is that best once no extension is pending.
+
+Run order: per grid model, the grid seed by seed, then its extensions, then the final seeds the
+grid lacks at each chosen rate; then each transfer model at the last grid model's rates, seed
+by seed, once both methods are chosen (pair by pair).
 """
 
 from __future__ import annotations
@@ -82,15 +86,15 @@ def planned_runs(records: Sequence[dict], preset) -> list[tuple[str, str, int]]:
     for base in preset.methods:
       for rate in rates[base][n_grid:]:
         plan += [(model, method_name(base, rate), seed) for seed in preset.seeds]
-    plan += _final_runs(records, preset, model, model, preset.final_seeds)
-  source = preset.models[-1]
-  for model in preset.transfer_models:
-    plan += _final_runs(records, preset, source, model, preset.final_seeds)
+    plan += _final_runs(chosen_rates(records, preset, model), model, preset.final_seeds)
+  chosen = chosen_rates(records, preset, preset.models[-1])
+  if all(rate is not None for rate in chosen.values()):  # a transfer depth runs in pairs
+    for model in preset.transfer_models:
+      plan += _final_runs(chosen, model, preset.final_seeds)
   return list(dict.fromkeys(plan))  # a final seed already in the grid is run once
 
 
-def _final_runs(records, preset, source: str, model: str, seeds) -> list[tuple[str, str, int]]:
-  chosen = chosen_rates(records, preset, source)
+def _final_runs(chosen: dict[str, float | None], model: str, seeds) -> list[tuple[str, str, int]]:
   return [
     (model, method_name(base, rate), seed)
     for seed in seeds

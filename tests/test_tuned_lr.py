@@ -12,33 +12,40 @@ from scipy import stats as scipy_stats
 from experiments import runs, tuned_lr
 from experiments import tuned_lr_plan as plan
 from experiments import tuned_lr_report as report
+from experiments.study_report import planned_run
 from trainer import datasets
 
 PRESET = runs.load_preset("tuned_cpu")
 GRID = PRESET.learning_rates  # 5e-4 ... 8e-3
+LONG = runs.load_preset("tuned_long_cpu")  # two grid seeds, three final seeds, ResNet-56 transfer
 
 
-def rec(model, base, rate, seed, validation=0.5, final=0.4, epochs=(0.1, 0.2, 0.3, 0.4)):
+def rec(
+  model, base, rate, seed, validation=0.5, final=0.4, epochs=(0.1, 0.2, 0.3, 0.4), preset=PRESET
+):
   return {
     "model": model,
     "method": plan.method_name(base, rate),
     "seed": seed,
-    "budget": PRESET.name,
-    "epochs": PRESET.epochs,
-    "train_split": PRESET.train_split,
-    "eval_split": PRESET.eval_split,
+    "budget": preset.name,
+    "epochs": preset.epochs,
+    "train_split": preset.train_split,
+    "eval_split": preset.eval_split,
+    "eval_epochs": list(range(1, len(epochs) + 1)),
     "final_validation_accuracy": validation,
     "final_accuracy": final,
     "epoch_accuracies": [*epochs[:-1], final],
   }
 
 
-def grid_records(model, base, scores, seeds=(0, 1, 2)):
-  """Records whose mean validation accuracy at rate r is scores[r] (seeds spread by +-0.01)."""
+def grid_records(model, base, scores, seeds=(0, 1, 2), preset=PRESET):
+  """Records whose mean validation accuracy at rate r is scores[r] (seeds spread by +-0.01
+  around it)."""
+  middle = (len(seeds) - 1) / 2
   return [
-    rec(model, base, rate, seed, validation=score + 0.01 * (seed - 1))
+    rec(model, base, rate, seed, validation=score + 0.01 * (i - middle), preset=preset)
     for rate, score in scores.items()
-    for seed in seeds
+    for i, seed in enumerate(seeds)
   ]
 
 
@@ -135,7 +142,7 @@ def test_the_validation_slice_never_overlaps_the_training_slice():
   train = datasets.split_ranges(PRESET.train_split, lengths)
   validation = datasets.split_ranges(PRESET.validation_split, lengths)
   assert train == [("train", 0, 4096)] and validation == [("train", 48_000, 50_000)]
-  for preset in ("tuned_cpu", "tuned_test"):
+  for preset in tuned_lr.TUNED_PRESETS:
     p = runs.load_preset(preset)
     config = runs.make_config("adam_lr1e-3", p.models[0], 0, p)
     assert config.validation_split == p.validation_split
@@ -161,6 +168,7 @@ def paper_record(method="adam", seed=0, model="resnet110", lr=1e-3, **config):
     "train_split": "train[:4096]",
     "eval_split": "test[:2000]",
     "final_accuracy": 0.4,
+    "eval_epochs": [1, 2, 3, 4],
     "epoch_accuracies": [0.1, 0.2, 0.3, 0.4],
     "config": kept,
   }
@@ -334,9 +342,154 @@ def test_the_final_comparison_matches_scipy_and_holm_over_depths():
     assert not any(d["family_complete"] for d in partial)
 
 
-def test_write_report_writes_the_markdown_and_the_figure(tmp_path):
+def test_write_report_writes_the_markdown_and_the_figures(tmp_path):
   records = grid_records("resnet20", "adam", dict.fromkeys(GRID, 0.3))
-  md, png = report.write_report(records, PRESET, tmp_path)
+  md, png, curves = report.write_report(records, PRESET, tmp_path)
   assert md.read_text().startswith("# Tuned learning rates")
-  assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-  assert sorted(p.name for p in tmp_path.iterdir()) == ["tuned_lr.md", "tuned_lr.png"]
+  assert "`python -m experiments.tuned_lr --report_only` from `tuned_lr.jsonl`" in md.read_text()
+  for figure in (png, curves):
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert sorted(p.name for p in tmp_path.iterdir()) == [
+    "tuned_lr.md",
+    "tuned_lr.png",
+    "tuned_lr_curves.png",
+  ]
+
+
+# The long-budget study (experiments/tuned_long_protocol.md): the same machinery, another preset.
+LONG_GRID = LONG.learning_rates  # 1e-3, 2e-3, 4e-3
+
+
+def test_the_long_study_chooses_on_the_mean_of_its_two_grid_seeds():
+  assert LONG.seeds == (0, 1) and LONG.final_seeds == (0, 1, 2)
+  # Seed 0 alone would choose 4e-3 (0.52); the mean of both seeds is best at 2e-3.
+  records = [
+    rec("resnet20", "znorm", rate, seed, validation=v, preset=LONG)
+    for (rate, seed), v in {
+      (1e-3, 0): 0.40,
+      (1e-3, 1): 0.40,
+      (2e-3, 0): 0.50,
+      (2e-3, 1): 0.50,
+      (4e-3, 0): 0.52,
+      (4e-3, 1): 0.44,
+    }.items()
+  ]
+  assert plan.grid(records, LONG, "resnet20", "znorm") == (list(LONG_GRID), 2e-3)
+  # A third seed at a rate (a final seed) does not enter the choice.
+  extra = records + [rec("resnet20", "znorm", 4e-3, 2, validation=0.9, preset=LONG)]
+  assert plan.grid(extra, LONG, "resnet20", "znorm")[1] == 2e-3
+  # Without seed 1 at one rate, nothing is chosen.
+  partial = [r for r in records if (r["method"], r["seed"]) != ("znorm_lr0.004", 1)]
+  assert plan.grid(partial, LONG, "resnet20", "znorm") == (list(LONG_GRID), None)
+  # A best rate at the edge extends the grid with both grid seeds.
+  top = grid_records("resnet20", "adam", {1e-3: 0.3, 2e-3: 0.4, 4e-3: 0.5}, (0, 1), LONG)
+  assert plan.grid(top, LONG, "resnet20", "adam") == ([*LONG_GRID, 8e-3], None)
+  assert [p for p in plan.planned_runs(top, LONG) if p[1] == "adam_lr0.008"] == [
+    ("resnet20", "adam_lr0.008", 0),
+    ("resnet20", "adam_lr0.008", 1),
+  ]
+
+
+def test_the_long_study_runs_the_grid_then_seed_2_then_resnet56_pair_by_pair():
+  start = plan.planned_runs([], LONG)
+  assert len(start) == 12 and {m for m, _, _ in start} == {"resnet20"}
+  assert [s for _, _, s in start] == [0] * 6 + [1] * 6
+  records = grid_records("resnet20", "adam", {1e-3: 0.3, 2e-3: 0.5, 4e-3: 0.4}, (0, 1), LONG)
+  records += grid_records("resnet20", "znorm", {1e-3: 0.3, 2e-3: 0.4, 4e-3: 0.5}, (0, 1), LONG)
+  # ZNorm's best is at the top edge: 8e-3 first, then Adam's seed 2 (chosen), then ZNorm's.
+  after = plan.planned_runs(records, LONG)
+  assert after[12:] == [
+    ("resnet20", "znorm_lr0.008", 0),
+    ("resnet20", "znorm_lr0.008", 1),
+    ("resnet20", "adam_lr0.002", 2),
+  ]
+  records += grid_records("resnet20", "znorm", {8e-3: 0.45}, (0, 1), LONG)
+  done = plan.planned_runs(records, LONG)
+  assert done[14:] == [
+    ("resnet20", "adam_lr0.002", 2),
+    ("resnet20", "znorm_lr0.004", 2),
+    *[("resnet56", m, s) for s in (0, 1, 2) for m in ("adam_lr0.002", "znorm_lr0.004")],
+  ]
+  assert report.tuned_methods(records, LONG, "resnet56") == {
+    "adam": "adam_lr0.002",
+    "znorm": "znorm_lr0.004",
+  }
+
+
+def test_the_long_study_validates_on_the_rest_of_the_whole_training_split():
+  lengths = {"train": 50_000, "test": 10_000}
+  for name in ("tuned_long_cpu", "tuned_long_gpu"):
+    p = runs.load_preset(name)
+    assert datasets.split_ranges(p.train_split, lengths) == [("train", 0, 45_000)]
+    assert datasets.split_ranges(p.validation_split, lengths) == [("train", 45_000, 50_000)]
+    assert datasets.split_ranges(p.eval_split, lengths) == [("test", 0, 10_000)]
+    assert not p.reuse_paper_runs and p.transfer_models == ("resnet56",)
+  assert runs.load_preset("tuned_long_gpu").epochs == 200
+
+
+def test_the_long_study_reports_its_depths_with_holm_over_two(tmp_path):
+  records = []
+  finals = {"adam": [0.80, 0.81, 0.79], "znorm": [0.82, 0.84, 0.80]}
+  for model in ("resnet20", "resnet56"):
+    for base in ("adam", "znorm"):
+      if model == "resnet20":
+        scores = {r: (0.5 if r == 2e-3 else 0.3) for r in LONG_GRID}
+        records += grid_records(model, base, scores, (0, 1), LONG)
+        records = [r for r in records if r["method"] != f"{base}_lr0.002"]
+      records += [
+        rec(model, base, 2e-3, s, validation=0.5, final=finals[base][s], preset=LONG)
+        for s in (0, 1, 2)
+      ]
+  table = report.compare(records, LONG)["final_accuracy"]
+  a, b = finals["znorm"], finals["adam"]
+  p = scipy_stats.ttest_rel(a, b).pvalue
+  assert [d["model"] for d in table] == ["resnet20", "resnet56"]
+  assert [d["p_holm"] for d in table] == pytest.approx([min(1, 2 * p)] * 2)
+  assert all(d["family_complete"] for d in table)
+  md, png, curves = report.write_report(records, LONG, tmp_path)
+  text = md.read_text()
+  assert "`python -m experiments.tuned_lr --preset tuned_long_cpu --report_only`" in text
+  assert "`tuned_long.jsonl`" in text and "experiments/tuned_long_protocol.md" in text
+  assert "resnet56 runs at the rates chosen at resnet20" in text
+  assert "Reproduction" not in text
+  assert sorted(p.name for p in tmp_path.iterdir()) == [
+    "tuned_long.md",
+    "tuned_long.png",
+    "tuned_long_curves.png",
+  ]
+
+
+def test_the_long_study_trains_every_run_and_reuses_none(tmp_path):
+  """The whole long-study plan run with a stand-in trainer: nothing is taken from the paper
+  study's jsonl (not even a run that matches), every planned run is trained once, in order."""
+  preset = runs.load_preset("tuned_long_test")
+  trained = []
+
+  def trainer(config, workdir):
+    trained.append((config.model, f"{config.grad_transform}_{config.learning_rate:g}", config.seed))
+    Path(workdir).mkdir(parents=True)
+    best = {("none", 4e-3), ("znorm", 1e-3)}  # adam at 4e-3, znorm at 1e-3
+    validation = 0.5 if (config.grad_transform, config.learning_rate) in best else 0.3
+    metrics = [
+      {
+        "step": 2 * e,
+        "epoch": e,
+        "train_loss": 1.0,
+        "eval_accuracy": e / 10,
+        "validation_accuracy": validation,
+      }
+      for e in (1, 2)
+    ]
+    (Path(workdir) / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+
+  (tmp_path / "paper_study.jsonl").write_text(json.dumps(paper_record(model="resnet56")) + "\n")
+  tuned_lr.run(
+    preset, data_dir=None, results_dir=tmp_path, workdir_root=tmp_path / "w", trainer=trainer
+  )
+  got = runs.read_study_records(tmp_path / "tuned_long_test.jsonl", log=None)
+  assert [tuple(planned_run(r)) for r in got] == plan.planned_runs(got, preset)
+  assert len(got) == len(trained) == 8 + 2 + 6 and not any("reused_from" in r for r in got)
+  assert trained[-6:] == [
+    ("resnet56", m, s) for s in (0, 1, 2) for m in ("none_0.004", "znorm_0.001")
+  ]
+  assert (tmp_path / "tuned_long_test_curves.png").exists()
