@@ -3,7 +3,10 @@ has in any format tfds writes (TFRecord, ArrayRecord, Parquet: the same arrays, 
 preparing CIFAR from the official archive without TensorFlow, and failing fast offline."""
 
 import json
+import shutil
 import socket
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -16,10 +19,13 @@ from tests.helpers import (
   LABEL_NAMES,
   NO_REAL_DATA,
   REAL_DATA_DIR,
+  ROOT,
+  TINY,
   convert_copy,
   fake_cifar10_archive,
   local_archive,
   serve,
+  subprocess_env,
   tfrecord_bytes,
   tiny_config,
 )
@@ -190,8 +196,70 @@ def test_every_format_gives_the_same_arrays_in_the_same_order(prepared, split):
     np.testing.assert_array_equal(got[1], want[1])
 
 
-@pytest.mark.slow  # two runs, each compiling its steps
-def test_a_tfrecord_copy_trains_as_the_parquet_copy(prepared, tmp_path):
+@pytest.mark.parametrize("file_format", ["parquet", "tfrecord", "array_record"])
+def test_a_copy_in_the_default_place_is_read_in_the_format_it_has(
+  prepared, monkeypatch, file_format
+):
+  """No data dir given: tfds's default place (here patched where tfds reads it) holds the copy;
+  the arrays are those of the explicit-dir run. A Parquet copy there used to be refused."""
+  copies = prepared["copies"]
+  monkeypatch.setattr(tfds.core.constants, "DATA_DIR", str(copies[file_format]))
+  split = "train[:7]+test"
+  want = datasets.load_split("cifar10", split, str(copies["array_record"]), download=False)
+  got = datasets.load_split("cifar10", split, None, download=False)
+  np.testing.assert_array_equal(got[0], want[0])
+  np.testing.assert_array_equal(got[1], want[1])
+  with pytest.raises(datasets.SplitError, match="unknown split 'validation' of cifar10"):
+    datasets.load_split("cifar10", "validation", None, download=False)
+
+
+def _damaged_copy(prepared, tmp_path, file_format, damage):
+  source = prepared["copies"][file_format] / "cifar10"
+  copy = tmp_path / file_format
+  shutil.copytree(source, copy / "cifar10")
+  folder = copy / "cifar10" / "3.0.2"
+  if damage == "dataset_info.json":
+    (folder / "dataset_info.json").write_text("{not json")
+  else:  # every file of the test split cut to 100 bytes
+    for path in folder.glob("cifar10-test.*"):
+      path.write_bytes(path.read_bytes()[:100])
+  return copy
+
+
+@pytest.mark.parametrize(
+  "file_format, damage",
+  [
+    ("parquet", "dataset_info.json"),
+    ("parquet", "records"),
+    ("array_record", "records"),
+    ("tfrecord", "records"),
+  ],
+)
+def test_a_damaged_copy_is_a_data_error_naming_its_dir_and_reason(
+  prepared, tmp_path, monkeypatch, file_format, damage
+):
+  copy = _damaged_copy(prepared, tmp_path, file_format, damage)
+  monkeypatch.setattr(tfds.core.constants, "DATA_DIR", str(copy))
+  for data_dir in (str(copy), None):
+    with pytest.raises(DataError) as info:
+      datasets.load_split("cifar10", "test", data_dir, download=False)
+    message = str(info.value)
+    assert str(copy) in message and "\n" not in message
+    assert "delete that copy" in message
+    assert not isinstance(info.value, ValueError)  # never read as a bad split spec
+
+
+def test_train_py_says_a_damaged_copy_is_a_data_problem(prepared, tmp_path, monkeypatch):
+  copy = _damaged_copy(prepared, tmp_path, "parquet", "records")
+  with pytest.raises(DataError, match="cannot read the tfds copy of 'cifar10'") as info:
+    train_and_evaluate(tiny_config(data_dir=str(copy), train_split="test"), str(tmp_path / "w"))
+  assert "--config.train_split" not in str(info.value)
+
+
+@pytest.mark.slow  # four runs, each compiling its steps
+def test_every_copy_trains_the_same_given_or_found_in_the_default_place(prepared, tmp_path):
+  """The Parquet and TFRecord copies, given by --config.data_dir, found through $TFDS_DATA_DIR
+  and found in ~/tensorflow_datasets (a new HOME), each train to the same first metrics."""
   config = dict(num_train_steps=1, eval_every_steps=1, num_devices=1, steps_per_dispatch=1)
   rows = {}
   for file_format in ("parquet", "tfrecord"):
@@ -201,6 +269,29 @@ def test_a_tfrecord_copy_trains_as_the_parquet_copy(prepared, tmp_path):
       k: read_metrics(tmp_path / file_format)[0][k] for k in DETERMINISTIC_FIELDS
     }
   assert rows["tfrecord"] == rows["parquet"]
+  home = tmp_path / "home"
+  shutil.copytree(prepared["copies"]["tfrecord"], home / "tensorflow_datasets")
+  for how, file_format in (("TFDS_DATA_DIR", "parquet"), ("HOME", "tfrecord")):
+    env = subprocess_env(tmp_path / "cache")
+    env.pop("TFDS_DATA_DIR", None)
+    env.update(
+      {"TFDS_DATA_DIR": str(prepared["copies"]["parquet"])}
+      if how == "TFDS_DATA_DIR"
+      else {"HOME": str(home)}
+    )
+    workdir = tmp_path / f"default_{how}"
+    flags = [f"--config.{k}={v}" for k, v in {**TINY, **config}.items()]
+    proc = subprocess.run(
+      [sys.executable, "train.py", f"--workdir={workdir}", *flags],
+      env=env,
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = {k: read_metrics(workdir)[0][k] for k in DETERMINISTIC_FIELDS}
+    assert got == rows[file_format], how
 
 
 def test_a_cut_tfrecord_file_is_an_error(tmp_path):

@@ -389,6 +389,12 @@ def test_smoke_run_writes_all_outputs(runs):
       2e4,
       "20000 img/s on cpu: about 2 min for the 48.7 epochs left; next evaluation in about 2 s",
     ),
+    (
+      38_616,
+      38_610,
+      1000.0,
+      "1000 img/s on cpu: about 50 s for the 1 epoch left; next evaluation in about 49 s",
+    ),
   ],
 )
 def test_the_forecast_counts_the_steps_left_at_the_measured_rate(step, start, rate, want):

@@ -52,6 +52,11 @@ class DatasetNotFoundError(DataError, FileNotFoundError):
   """The dataset is not prepared in the data dir and cannot be downloaded."""
 
 
+class SplitError(ValueError):
+  """A split spec that the dataset cannot serve: malformed, an unknown split name, a slice out
+  of range, or empty (a config error, unlike a `DataError`)."""
+
+
 # ----------------------------------------------------------------------------------------------
 # Loading
 # ----------------------------------------------------------------------------------------------
@@ -90,7 +95,7 @@ def split_ranges(split: str, split_lengths) -> list[tuple[str, int, int]]:
     split_lengths: ``{split_name: num_examples}`` of the whole splits.
 
   Raises:
-    ValueError: a malformed spec, an unknown split name or an out-of-range slice.
+    SplitError: a malformed spec, an unknown split name or an out-of-range slice.
   """
 
   class _Info:
@@ -103,7 +108,7 @@ def split_ranges(split: str, split_lengths) -> list[tuple[str, int, int]]:
     instructions = tfds.core.ReadInstruction.from_spec(split).to_absolute(infos)
   except (ValueError, AssertionError) as e:
     msg = " ".join(str(e).split())
-    raise ValueError(f"bad split {split!r}: {msg}") from None
+    raise SplitError(f"bad split {split!r}: {msg}") from None
   ranges = []
   for ins in instructions:
     n = infos[ins.splitname].num_examples
@@ -123,9 +128,8 @@ def _split_names(split: str) -> list[str]:
 
 
 def _not_found_message(name: str, data_dir: str | None, detail: str) -> str:
-  where = data_dir or "the default tfds data dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
   return (
-    f"dataset {name!r} is not prepared in {where} and {detail}; "
+    f"dataset {name!r} is not prepared in {_where(data_dir)} and {detail}; "
     f"point --config.data_dir at a tfds data dir holding {name}, or pre-download it on a "
     f'machine with internet (python -c "import tensorflow_datasets as tfds; '
     f"tfds.data_source('{name}', data_dir=DIR)\")"
@@ -174,10 +178,6 @@ class TFRecordSplit:
   tfds copy stores), decoded by tfds's NumPy example parser. No TensorFlow needed."""
 
   def __init__(self, builder, split: str):
-    if split not in builder.info.splits:
-      raise ValueError(
-        f"unknown split {split!r} of {builder.name}; it has {', '.join(builder.info.splits)}"
-      )
     self._info = builder.info.splits[split]
     self._features = builder.info.features
     self._records: list[bytes] | None = None
@@ -196,31 +196,70 @@ class TFRecordSplit:
     return self._features.deserialize_example_np(self._records[index])
 
 
-def _data_sources(name: str, split_names, data_dir: str | None, download: bool):
-  """``{split_name: source}`` (``len`` and ``[i]`` as `tfds.data_source`'s), downloading and
-  preparing the dataset first if it is absent."""
+def _where(data_dir: str | None) -> str:
+  """The data dir a message names: the one given, or the default that tfds looks in."""
+  if data_dir:
+    return data_dir
+  default = tfds.core.constants.DATA_DIR  # read by tfds when its module was imported
+  return f"{default} (tfds's default data dir: $TFDS_DATA_DIR, else ~/tensorflow_datasets)"
 
-  def open_all():
-    return {
-      s: tfds.data_source(name, split=s, data_dir=data_dir, download=False) for s in split_names
-    }
 
-  with _quiet_absl():
-    try:
-      # Works for a copy prepared in any random-access format (Parquet, ArrayRecord) and
-      # under `tfds.testing.mock_data`. For an absent dataset tfds raises anything from a
-      # NotImplementedError to a KeyError, depending on data_dir: decide below.
-      return open_all()
-    except Exception as e:  # noqa: BLE001
-      error = e
-    builder = tfds.builder(name, data_dir=data_dir)
-    prepared = builder.is_prepared()
-  if prepared:
+def _builder(name: str, data_dir: str | None):
+  """tfds's builder of ``name`` in ``data_dir`` (None: ``$TFDS_DATA_DIR`` or tfds's default),
+  reading the copy's own ``dataset_info.json`` (its file format included) when it has one.
+
+  Raises:
+    DataError: the copy there cannot be read (a damaged ``dataset_info.json``, a folder that
+      cannot be read), naming the data dir and tfds's reason.
+  """
+  try:
+    with _quiet_absl():
+      return tfds.builder(name, data_dir=data_dir)
+  except Exception as e:  # noqa: BLE001  (tfds raises anything from OSError to a KeyError)
+    reason = " ".join(str(e).split()) or type(e).__name__
+    raise DataError(
+      f"cannot read the tfds copy of {name!r} in {_where(data_dir)}: {reason}; {_PREPARE_AGAIN}"
+    ) from None
+
+
+def _open(builder, split_names) -> dict:
+  """``{split_name: source}`` of a prepared copy in the format it has: TFRecord through
+  `TFRecordSplit`, ArrayRecord and Parquet through the builder's own data source (which
+  `tfds.testing.mock_data` replaces)."""
+  if builder.is_prepared():
+    unknown = [s for s in split_names if s not in builder.info.splits]
+    if unknown:
+      raise SplitError(
+        f"unknown split {unknown[0]!r} of {builder.name}; it has {', '.join(builder.info.splits)}"
+      )
     if builder.info.file_format == FileFormat.TFRECORD:
       return {s: TFRecordSplit(builder, s) for s in split_names}
-    if isinstance(error, ValueError):  # e.g. an unknown split name
-      raise ValueError(" ".join(str(error).split())) from None
-    raise error
+  return {s: builder.as_data_source(s) for s in split_names}
+
+
+def _data_sources(name: str, split_names, data_dir: str | None, download: bool):
+  """``{split_name: source}`` (``len`` and ``[i]`` as `tfds.data_source`'s) of the copy in
+  ``data_dir`` (None: ``$TFDS_DATA_DIR`` or tfds's default), in whatever format it has,
+  downloading and preparing the dataset first if it is absent.
+
+  Raises:
+    DataError: the copy is damaged or unreadable (naming the data dir and tfds's reason).
+    DatasetNotFoundError: it is absent and cannot be downloaded.
+    SplitError: a split name the copy does not have.
+  """
+  builder = _builder(name, data_dir)
+  with _quiet_absl():
+    try:
+      return _open(builder, split_names)
+    except (SplitError, DataError):
+      raise
+    except Exception as e:  # noqa: BLE001  (absent under mock_data: decide below)
+      if builder.is_prepared():
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise DataError(
+          f"cannot read the tfds copy of {name!r} in {builder.data_dir}: {reason}; "
+          + _PREPARE_AGAIN
+        ) from None
   if not download:
     raise DatasetNotFoundError(_not_found_message(name, data_dir, "downloads are disabled"))
   archive = cifar_archive.ARCHIVES.get(name)
@@ -234,7 +273,20 @@ def _data_sources(name: str, split_names, data_dir: str | None, download: bool):
     cifar_archive.prepare(name, data_dir)  # without TensorFlow
   else:  # tfds's own builder (most need TensorFlow to prepare)
     tfds.builder(name, data_dir=data_dir, file_format="array_record").download_and_prepare()
-  return open_all()
+  with _quiet_absl():
+    return _open(_builder(name, data_dir), split_names)
+
+
+def read_example(source, index: int, where: str) -> dict:
+  """``source[index]``; a record that cannot be read or decoded (a file cut short, a corrupt
+  image) is a `DataError` naming ``where`` and the reader's reason."""
+  try:
+    return source[index]
+  except DataError:
+    raise
+  except Exception as e:  # noqa: BLE001  (each reader and decoder raises its own)
+    reason = " ".join(str(e).split()) or type(e).__name__
+    raise DataError(f"cannot read example {index} of {where}: {reason}; {_PREPARE_AGAIN}") from None
 
 
 def _resolve(name: str, split: str, data_dir: str | None, download: bool):
@@ -275,7 +327,8 @@ def load_split(
 
   Raises:
     DatasetNotFoundError: the dataset is absent and cannot be downloaded (within seconds).
-    ValueError: a malformed split spec or an out-of-range slice.
+    DataError: the copy is damaged or unreadable.
+    SplitError: a malformed split spec, an unknown split, an out-of-range slice, or empty.
   """
   sources, ranges = _resolve(name, split, data_dir, download)
   images, labels = [], []
@@ -283,9 +336,9 @@ def load_split(
     for split_name, start, stop in ranges:
       src = sources[split_name]
       for i in range(start, stop):  # as fast as __getitems__, which mock_data breaks
-        record = src[i]
+        record = read_example(src, i, f"split {split_name} of {name!r} in {_where(data_dir)}")
         images.append(np.asarray(record["image"], np.uint8))
         labels.append(int(record["label"]))
   if not images:
-    raise ValueError(f"split {split!r} of {name} is empty")
+    raise SplitError(f"split {split!r} of {name} is empty")
   return np.stack(images), np.asarray(labels, np.int32)

@@ -182,7 +182,7 @@ def load_data(config: ml_collections.ConfigDict):
   def load(field):
     try:
       return datasets.load_split(config.dataset, config[field], config.data_dir)
-    except ValueError as e:  # a bad or empty split spec
+    except datasets.SplitError as e:  # a bad or empty split spec; a data problem is a DataError
       raise ConfigError(f"--config.{field}={config[field]}: {e}") from None
 
   train = load("train_split")
@@ -362,9 +362,15 @@ def forecast_line(plan: RunPlan, step: int, start: int, rate: float, platform: s
   run = duration((plan.total_steps - start) * seconds_per_step)
   scope, evaluation = ("", "first") if start == 0 else (" left", "next")
   return (
-    f"{rate:.0f} img/s on {platform}: about {run} for the {epochs:.3g} epochs{scope}; "
+    f"{rate:.0f} img/s on {platform}: about {run} for the {count(epochs, 'epoch')}{scope}; "
     f"{evaluation} evaluation in about {duration((next_eval - step) * seconds_per_step)}"
   )
+
+
+def count(n: float, unit: str) -> str:
+  """``1 epoch``, ``2 epochs``, ``0.5 epochs``: ``n`` to 3 significant digits and its unit."""
+  shown = f"{n:.3g}"
+  return f"{shown} {unit}" + ("" if shown == "1" else "s")
 
 
 def duration(seconds: float) -> str:
@@ -386,7 +392,7 @@ def describe(config, plan: RunPlan, n_train: int, eval_splits, n_devices: int, w
   return (
     f"{config.model} on {config.dataset}: {n_train} train / {evaluated} examples; "
     f"{n_devices} device(s) x {config.batch_size // n_devices} = batch {config.batch_size}; "
-    f"{plan.total_steps} steps ({plan.total_steps / plan.steps_per_epoch:.3g} epochs, "
+    f"{plan.total_steps} steps ({count(plan.total_steps / plan.steps_per_epoch, 'epoch')}, "
     f"{plan.steps_per_dispatch} per dispatch); {config.optimizer} lr {config.learning_rate:g} "
     f"({config.schedule}) on grad_transform={config.grad_transform}; workdir {workdir}"
   )
