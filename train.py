@@ -13,7 +13,9 @@ at once).
 
 Several hosts: run the same command on every host with ``--distributed``; JAX detects the
 cluster (TPU pods, SLURM, ...), or give ``--coordinator_address=HOST:PORT --num_processes=N
---process_id=I``.
+--process_id=I``. A process lost without notice ends every other one within about
+``--heartbeat_timeout_seconds`` with one ``error: process I of N stopped answering at step S;
+...`` line naming the step to resume from, and exit status 1 (`trainer.hosts`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from trainer import hosts
 from trainer.errors import Interrupted, TrainerError
 from trainer.loop import train_and_evaluate
 
@@ -45,6 +48,13 @@ def define_flags() -> None:
   )
   flags.DEFINE_integer("num_processes", None, "With --distributed: the number of processes.")
   flags.DEFINE_integer("process_id", None, "With --distributed: this process's index.")
+  flags.DEFINE_integer(
+    "heartbeat_timeout_seconds",
+    hosts.HEARTBEAT_TIMEOUT_SECONDS,
+    "With --distributed: a process not heard from for this long is lost; every other one then "
+    "stops with one line naming the step to resume from.",
+    lower_bound=5,
+  )
   config_flags.DEFINE_config_file(
     "config", DEFAULT_CONFIG, "Training config file (ml_collections).", lock_config=True
   )
@@ -82,12 +92,16 @@ def main(argv) -> None:
   except OSError as e:
     raise config_error(e) from None
   FLAGS = flags.FLAGS
+  if FLAGS.distributed and not hosts.is_child():  # the job runs in a child that we watch
+    raise SystemExit(hosts.supervise(FLAGS.workdir, show=FLAGS.verbosity >= 1))
   if FLAGS.distributed:
     jax.distributed.initialize(
       coordinator_address=FLAGS.coordinator_address,
       num_processes=FLAGS.num_processes,
       process_id=FLAGS.process_id,
+      heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds,
     )
+    hosts.joined(jax.process_index(), jax.process_count())
   try:
     train_and_evaluate(config, FLAGS.workdir)
   except Interrupted as e:  # Ctrl-C after saving: the shell's 128 + SIGINT

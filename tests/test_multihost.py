@@ -1,12 +1,14 @@
 """Several hosts, on one machine: `train.py --distributed` in 2 processes of 2 CPU devices each
 (JAX's distributed runtime on localhost, Gloo collectives) trains the model of 1 process with 4
 devices; only process 0 writes metrics; both save and restore the checkpoints, a preemption
-notice (here: Ctrl-C) to one process stops both at the same step, and killing both resumes
-exactly.
+notice (here: Ctrl-C) to one process stops both at the same step, killing both resumes
+exactly, and a process killed without notice (process 1, then process 0, the coordinator) ends
+the other within the heartbeat timeout with one line naming the step to resume from.
 """
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -37,7 +39,15 @@ from trainer.metrics import read_metrics
 pytestmark = pytest.mark.slow  # several processes, each compiling its own programs
 
 PROCESSES, DEVICES_PER_PROCESS = 2, 2
-FLAGS = [f"--config.{k}={v}" for k, v in {**TINY, "num_devices": -1}.items()]
+HEARTBEAT_TIMEOUT = 10  # seconds: a lost process ends the other within about that
+FLAGS = [f"--config.{k}={v}" for k, v in {**TINY, "num_devices": -1}.items()] + [
+  f"--heartbeat_timeout_seconds={HEARTBEAT_TIMEOUT}"
+]
+LOST = re.compile(
+  r"^error: process (\d)( \(the coordinator\))? of 2 stopped answering at step (\d+); the job "
+  r"stopped; run the same command on every host to resume from step (\d+) \(the last "
+  r"checkpoint\)$"
+)
 
 
 def free_port() -> int:
@@ -124,6 +134,29 @@ def jobs(tmp_path_factory):
     p.kill()
   logs["kill"] = finish(procs)
   logs["resumed"] = finish(start(workdir, env))
+
+  # Process 1 killed without notice after a checkpoint, then (restarted) process 0: each time
+  # the survivor stops by itself; the last restart runs to the end.
+  workdir, lost = base / "lost", {}
+  procs = start(workdir, env)
+  after = 0
+  for victim in (1, 0):
+    after = wait_for_checkpoint_after(workdir, after, procs)
+    procs[victim].kill()
+    killed = time.monotonic()
+    survivor = procs[1 - victim]
+    stdout, stderr = survivor.communicate(timeout=240)
+    lost[victim] = {
+      "rc": survivor.returncode,
+      "seconds": time.monotonic() - killed,
+      "stdout": stdout,
+      "stderr": stderr,
+      "waited_for": after,
+      "victim_rc": procs[victim].wait(timeout=60),
+      "checkpoints": finalized_steps(workdir),
+    }
+    procs = start(workdir, env)
+  logs["after_lost"] = finish(procs)
   return {
     "base": base,
     "one": one,
@@ -132,6 +165,7 @@ def jobs(tmp_path_factory):
     "stopped": stopped,
     "stopped_checkpoint_verifies": stopped_checkpoint_verifies,
     "killed_after": killed_after,
+    "lost": lost,
   }
 
 
@@ -200,3 +234,35 @@ def test_both_processes_restore_and_the_killed_job_ends_as_the_uninterrupted_one
   assert [{k: r[k] for k in DETERMINISTIC_FIELDS} for r in rows["resumed"]] == [
     {k: r[k] for k in DETERMINISTIC_FIELDS} for r in rows["two"]
   ]
+
+
+@pytest.mark.parametrize("victim", [1, 0])
+def test_a_process_lost_without_notice_ends_the_other_with_one_line(jobs, victim):
+  got = jobs["lost"][victim]
+  assert got["victim_rc"] == -signal.SIGKILL
+  lines = [line for line in got["stderr"].splitlines() if line.strip()]
+  assert len(lines) == 1, got["stderr"][-3000:]
+  match = LOST.match(lines[0])
+  assert match, lines[0]
+  process, coordinator, at, resume = match.groups()
+  assert int(process) == victim and bool(coordinator) == (victim == 0)
+  assert got["rc"] == 1  # an exit status, not a signal (no SIGABRT)
+  assert "Traceback" not in got["stderr"] and "Check failure" not in got["stderr"]
+  # Within the heartbeat timeout (and a margin for a loaded machine).
+  assert got["seconds"] < HEARTBEAT_TIMEOUT + 20, got["seconds"]
+  assert got["waited_for"] <= int(resume) <= int(at) <= 12
+  assert int(resume) == max(got["checkpoints"])  # the last one written
+  # What JAX said is kept beside the run, not printed.
+  log = jobs["base"] / "lost" / f"job_stopped.process{1 - victim}.log"
+  assert "coordination" in log.read_text().lower()
+
+
+def test_after_a_lost_process_the_restarted_job_ends_as_the_uninterrupted_one(jobs):
+  logs = jobs["logs"]["after_lost"]
+  for log in logs:
+    assert log["rc"] == 0, log["stderr"][-3000:]
+  resume = int(LOST.match(jobs["lost"][0]["stderr"].strip()).group(4))
+  assert all(f"Resumed from step {resume}" in log["stdout"] for log in logs)
+  want, got = final_state(jobs["base"] / "two"), final_state(jobs["base"] / "lost")
+  for key in want:
+    np.testing.assert_array_equal(got[key], want[key], err_msg=key)

@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from trainer import checkpoints, datasets, diagnostics
+from trainer import checkpoints, datasets, diagnostics, hosts
 from trainer import input_pipeline as ip
 from trainer import workdir as workdir_lib
 from trainer.errors import ConfigError, DivergedError, Interrupted
@@ -71,6 +71,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       state, train_sums = checkpoints.restore(mngr, saved, state)
       say(f"Resumed from step {saved}")
     step = int(state.step)
+    hosts.progress(step, saved)
     if host0:
       workdir_lib.write_config(workdir, config)
       say(describe(config, plan, len(train_images), eval_splits, n_global, workdir))
@@ -126,6 +127,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             train_metrics.flush()
             checkpoints.save(mngr, workdir, ip.unreplicate(r_state), train_metrics.sums)
             saved = step
+        hosts.progress(step, saved)
     except DivergedError as e:  # nothing non-finite was saved
       raise DivergedError(f"training diverged: {e}; {last_good(saved, workdir)}") from None
     finally:
