@@ -294,12 +294,15 @@ def test_every_copy_trains_the_same_given_or_found_in_the_default_place(prepared
     assert got == rows[file_format], how
 
 
-def test_a_cut_tfrecord_file_is_an_error(tmp_path):
-  data = tfrecord_bytes([b"first", b"second record"])
-  assert datasets.tfrecord_records(_write(tmp_path / "ok", data)) == [b"first", b"second record"]
+def test_a_tfrecord_file_is_indexed_by_its_headers_and_a_cut_one_is_an_error(tmp_path):
+  records = [b"first", b"second record", b""]
+  data = tfrecord_bytes(records)
+  index = datasets.tfrecord_index(_write(tmp_path / "ok", data))
+  assert [data[o : o + n] for o, n in index] == records
+  assert index[0].tolist() == [12, 5]  # 8-byte length + 4-byte CRC, then the payload
   for cut in (len(data) - 3, len(data) - 20, 5):
     with pytest.raises(DataError, match="cut short"):
-      datasets.tfrecord_records(_write(tmp_path / f"cut{cut}", data[:cut]))
+      datasets.tfrecord_index(_write(tmp_path / f"cut{cut}", data[:cut]))
 
 
 def _write(path, data):

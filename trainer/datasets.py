@@ -19,7 +19,6 @@ import socket
 import struct
 import threading
 import urllib.parse
-from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -148,52 +147,78 @@ def _quiet_absl():
     logging.set_verbosity(level)
 
 
-def tfrecord_records(path) -> list[bytes]:
-  """The records of a TFRecord file (each framed as: uint64 length, uint32 masked CRC of the
-  length, the bytes, uint32 masked CRC of the bytes; little-endian), read without TensorFlow.
-  The CRCs are not checked; a file cut short is an error.
+def tfrecord_index(path) -> np.ndarray:
+  """Where the records of a TFRecord file are: ``int64[n, 2]`` (payload offset, length), found
+  by reading only the record headers (each record is framed as: uint64 length, uint32 masked
+  CRC of the length, the bytes, uint32 masked CRC of the bytes; little-endian), so that any
+  record can then be read by one seek, without TensorFlow. The CRCs are not checked.
 
   Raises:
     DataError: the file ends inside a record.
   """
-  data = Path(path).read_bytes()
-  records, offset = [], 0
-  while offset < len(data):
-    if offset + 12 > len(data):
-      raise DataError(f"{path} is cut short (a record header at byte {offset}); {_PREPARE_AGAIN}")
-    (length,) = struct.unpack_from("<Q", data, offset)
-    start, end = offset + 12, offset + 12 + length
-    if end + 4 > len(data):
-      raise DataError(
-        f"{path} is cut short (a record of {length} bytes at byte {offset}); {_PREPARE_AGAIN}"
-      )
-    records.append(data[start:end])
-    offset = end + 4
-  return records
+  size = os.path.getsize(path)
+  entries, offset = [], 0
+  with open(path, "rb") as f:
+    while offset < size:
+      header = f.read(12)
+      if len(header) < 12:
+        raise DataError(f"{path} is cut short (a record header at byte {offset}); {_PREPARE_AGAIN}")
+      (length,) = struct.unpack_from("<Q", header)
+      if offset + 12 + length + 4 > size:
+        raise DataError(
+          f"{path} is cut short (a record of {length} bytes at byte {offset}); {_PREPARE_AGAIN}"
+        )
+      entries.append((offset + 12, length))
+      offset += 12 + length + 4
+      f.seek(offset)
+  return np.asarray(entries, np.int64).reshape(-1, 2)
 
 
 class TFRecordSplit:
-  """One split of a tfds copy prepared as TFRecord (tfds's default format), as a sequence like
-  `tfds.data_source`'s: the records of its files in shard order (the order every format of a
-  tfds copy stores), decoded by tfds's NumPy example parser. No TensorFlow needed."""
+  """One split of a tfds copy prepared as TFRecord (tfds's default format), as a random-access
+  sequence like `tfds.data_source`'s: the records of its files in shard order (the order every
+  format of a tfds copy stores), decoded by tfds's NumPy example parser. The files are indexed
+  once (`tfrecord_index`, headers only) and each record is read with one seek, so a split far
+  larger than memory works; no TensorFlow needed. Picklable (for loader worker processes): the
+  open files are not part of its state."""
 
   def __init__(self, builder, split: str):
     self._info = builder.info.splits[split]
     self._features = builder.info.features
-    self._records: list[bytes] | None = None
+    self._paths = [os.fspath(p) for p in self._info.filepaths]
+    self._index: list[np.ndarray] | None = None
+    self._ends: np.ndarray | None = None
+    self._files: dict = {}
+
+  def __getstate__(self):
+    return {**self.__dict__, "_files": {}}
 
   def __len__(self) -> int:
     return self._info.num_examples
 
-  def __getitem__(self, index: int) -> dict:
-    if self._records is None:
-      self._records = [r for path in self._info.filepaths for r in tfrecord_records(path)]
-      if len(self._records) != len(self):
+  def _locate(self, index: int) -> tuple[int, int, int]:
+    if self._index is None:
+      self._index = [tfrecord_index(path) for path in self._paths]
+      self._ends = np.cumsum([len(i) for i in self._index])
+      if self._ends[-1] != len(self):
         raise DataError(
-          f"the TFRecord files of split {self._info.name} hold {len(self._records)} records, "
+          f"the TFRecord files of split {self._info.name} hold {self._ends[-1]} records, "
           f"not the {len(self)} of its dataset_info.json; {_PREPARE_AGAIN}"
         )
-    return self._features.deserialize_example_np(self._records[index])
+    if not 0 <= index < len(self):
+      raise IndexError(f"record {index} of a split of {len(self)}")
+    shard = int(np.searchsorted(self._ends, index, side="right"))
+    first = 0 if shard == 0 else int(self._ends[shard - 1])
+    offset, length = self._index[shard][index - first]
+    return shard, int(offset), int(length)
+
+  def __getitem__(self, index: int) -> dict:
+    shard, offset, length = self._locate(int(index))
+    f = self._files.get(shard)
+    if f is None:
+      f = self._files[shard] = open(self._paths[shard], "rb")  # kept open: one seek per record
+    f.seek(offset)
+    return self._features.deserialize_example_np(f.read(length))
 
 
 def _where(data_dir: str | None) -> str:
@@ -310,6 +335,59 @@ def shared_examples(
   )
 
 
+class SplitSource:
+  """A split spec (``train[:45000]``, ``train[:3]+test``, ...) of a tfds copy as one
+  random-access sequence of ``(image uint8[H, W, C], label)``, in the spec's order; picklable
+  (for loader worker processes). A record that cannot be read or decoded is a `DataError`
+  naming the dataset, the split and the data dir."""
+
+  def __init__(self, name: str, sources: dict, ranges, where: str):
+    self.name, self._sources, self._ranges, self.where = name, sources, ranges, where
+    self._ends = np.cumsum([stop - start for _, start, stop in ranges])
+
+  def __len__(self) -> int:
+    return int(self._ends[-1]) if len(self._ends) else 0
+
+  def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+    part = int(np.searchsorted(self._ends, index, side="right"))
+    split_name, start, _ = self._ranges[part]
+    offset = index - (int(self._ends[part - 1]) if part else 0)
+    where = f"split {split_name} of {self.name!r} in {self.where}"
+    record = read_example(self._sources[split_name], start + offset, where)
+    image = np.asarray(record["image"], np.uint8)
+    return (image[..., None] if image.ndim == 2 else image), int(record["label"])
+
+
+def open_split(
+  name: str, split: str, data_dir: str | None = None, *, download: bool = True
+) -> SplitSource:
+  """The split spec ``split`` of dataset ``name`` as a `SplitSource`, from the copy in
+  ``data_dir`` (None: ``$TFDS_DATA_DIR`` or tfds's default) in whatever format it has, downloaded
+  and prepared first if absent and allowed.
+
+  Raises:
+    DatasetNotFoundError: the dataset is absent and cannot be downloaded (within seconds).
+    DataError: the copy is damaged or unreadable, or its examples lack ``image`` or ``label``.
+    SplitError: a malformed split spec, an unknown split, an out-of-range slice, or empty.
+  """
+  sources, ranges = _resolve(name, split, data_dir, download)
+  source = SplitSource(name, sources, ranges, _where(data_dir))
+  if not len(source):
+    raise SplitError(f"split {split!r} of {name} is empty")
+  split_name, start, _ = ranges[0]
+  where = f"split {split_name} of {name!r} in {source.where}"
+  with _quiet_absl():  # "OpenCV is not installed ... Defaulting to PIL"
+    first = read_example(sources[split_name], start, where)
+  missing = [f for f in ("image", "label") if f not in first]
+  if missing:
+    raise DataError(
+      f"dataset {name!r} has no {' or '.join(repr(f) for f in missing)} feature (its examples "
+      f"have {', '.join(sorted(first))}); the trainer reads image classification datasets "
+      "with 'image' and 'label'"
+    )
+  return source
+
+
 def load_split(
   name: str, split: str, data_dir: str | None = None, *, download: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -326,19 +404,10 @@ def load_split(
     ``(images, labels)``: ``uint8[N, H, W, C]`` and ``int32[N]``, in the split's order.
 
   Raises:
-    DatasetNotFoundError: the dataset is absent and cannot be downloaded (within seconds).
-    DataError: the copy is damaged or unreadable.
-    SplitError: a malformed split spec, an unknown split, an out-of-range slice, or empty.
+    As `open_split`.
   """
-  sources, ranges = _resolve(name, split, data_dir, download)
-  images, labels = [], []
+  source = open_split(name, split, data_dir, download=download)
   with _quiet_absl():  # "OpenCV is not installed ... Defaulting to PIL"
-    for split_name, start, stop in ranges:
-      src = sources[split_name]
-      for i in range(start, stop):  # as fast as __getitems__, which mock_data breaks
-        record = read_example(src, i, f"split {split_name} of {name!r} in {_where(data_dir)}")
-        images.append(np.asarray(record["image"], np.uint8))
-        labels.append(int(record["label"]))
-  if not images:
-    raise SplitError(f"split {split!r} of {name} is empty")
-  return np.stack(images), np.asarray(labels, np.int32)
+    examples = [source[i] for i in range(len(source))]  # as fast as __getitems__
+  images = np.stack([image for image, _ in examples])
+  return images, np.asarray([label for _, label in examples], np.int32)
