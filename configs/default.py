@@ -28,7 +28,15 @@ def get_config() -> ml_collections.ConfigDict:
   # train_split), evaluated beside eval_split: choose hyperparameters on it, never on the test
   # split. None = no validation evaluation.
   config.validation_split = config_dict.placeholder(str)
-  config.augment = True  # pad-4 random crop + horizontal flip, on device
+  # resident (None): whole splits on the device, the fastest for CIFAR-scale data; "stream": a
+  # dataset too large for memory (ImageNet) read by Grain from the tfds copy, decoded and
+  # augmented on the host (configs/imagenet.py; trainer/inputs.py).
+  config.input = config_dict.placeholder(str)
+  config.image_size = config_dict.placeholder(int)  # stream: images resized to this; None = own
+  config.loader_workers = config_dict.placeholder(int)  # stream: decoding processes; None = auto
+  # Resident: pad-4 random crop + horizontal flip, on device; stream: random-resized crop + flip
+  # on the host (flax's ImageNet example).
+  config.augment = True
 
   # Schedule of the run.
   config.batch_size = 128  # global, split over all devices of all hosts

@@ -420,7 +420,8 @@ def test_eval_counts_every_example_once():
   fns = steps.make_steps(
     model, optax.identity(), spec, seed=0, dtype=np.float32, augment=False, devices=devices
   )
-  sums = fns.evaluate(ip.replicate(state, devices), *ip.eval_batches(images, labels, 24, devices))
+  split = ip.eval_batches(images, labels, 24, devices)
+  sums = fns.evaluate(ip.replicate(state, devices), ip.resident_batches(split))
   assert sums["count"] == 64
   logits = model.apply(
     {"params": state.params, "batch_stats": state.batch_stats},

@@ -406,8 +406,17 @@ def load_split(
   Raises:
     As `open_split`.
   """
-  source = open_split(name, split, data_dir, download=download)
+  return load_source(open_split(name, split, data_dir, download=download))
+
+
+def load_source(source: SplitSource) -> tuple[np.ndarray, np.ndarray]:
+  """``(uint8[N, H, W, C] images, int32[N] labels)``: every example of ``source``, in order."""
   with _quiet_absl():  # "OpenCV is not installed ... Defaulting to PIL"
     examples = [source[i] for i in range(len(source))]  # as fast as __getitems__
   images = np.stack([image for image, _ in examples])
   return images, np.asarray([label for _, label in examples], np.int32)
+
+
+def num_classes(name: str, data_dir: str | None = None) -> int:
+  """The number of classes of the ``label`` feature of dataset ``name``."""
+  return int(_builder(name, data_dir).info.features["label"].num_classes)

@@ -160,6 +160,14 @@ def eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, device
   return tuple(place(x) for x in arrays)
 
 
+def resident_batches(split):
+  """The arguments of the eval step after the state, batch by batch, for an eval split on the
+  devices (`eval_batches`): ``(images, labels, mask, b)``."""
+  images, labels, mask = split
+  for b in range(images.shape[1]):
+    yield images, labels, mask, b
+
+
 # ----------------------------------------------------------------------------------------------
 # Device side: augmentation (inside pmap / shard_map)
 # ----------------------------------------------------------------------------------------------

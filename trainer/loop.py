@@ -17,10 +17,10 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from trainer import checkpoints, datasets, diagnostics, hosts
+from trainer import checkpoints, diagnostics, hosts, inputs
 from trainer import input_pipeline as ip
 from trainer import workdir as workdir_lib
-from trainer.errors import ConfigError, DivergedError, Interrupted
+from trainer.errors import DivergedError, Interrupted
 from trainer.metrics import MetricsWriter
 from trainer.optimizers import Optimizer, create_optimizer
 from trainer.plan import RunPlan, local_devices, validate_config
@@ -58,12 +58,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     saved_steps = checkpoints.saved_steps(workdir)
     for note in workdir_lib.check_config(workdir, config, max(saved_steps, default=0)):
       say(note)
-    (train_images, train_labels), eval_splits = load_data(config)
-    spec = datasets.DATASETS[config.dataset]
-    plan = RunPlan.create(config, len(train_images))
-    model = create_model(config, spec.num_classes)
+    data = inputs.load(config, lambda n_train: RunPlan.create(config, n_train).total_steps)
+    spec, plan = data.spec, RunPlan.create(config, data.num_train)
+    model = create_model(config, spec.num_classes, data.image_shape[0])
     optimizer = create_optimizer(config, plan.total_steps)
-    state = create_train_state(config, model, optimizer.tx, train_images.shape[1:])
+    state = create_train_state(config, model, optimizer.tx, data.image_shape)
     saved = checkpoints.latest_good_step(workdir, warn=say)
     mngr = checkpoints.checkpoint_manager(workdir, config.keep_checkpoints)
     train_sums = np.zeros(3, np.float64)  # loss, accuracy, steps since the last evaluation
@@ -74,21 +73,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     hosts.progress(step, saved)
     if host0:
       workdir_lib.write_config(workdir, config)
-      say(describe(config, plan, len(train_images), eval_splits, n_global, workdir))
+      say(describe(config, plan, data, n_global, workdir))
     writer = MetricsWriter(workdir, enabled=host0, resumed_step=step)
     train_metrics = TrainMetrics(train_sums, plan, optimizer, writer)
 
     dtype = DTYPES[config.dtype]
-    steps = config_steps(config, model, optimizer.tx, devices)
-    train_data = ip.replicate((train_images, train_labels), devices)
-    eval_data = {
-      name: ip.eval_batches(*split, plan.eval_batch_size, devices)
-      for name, split in eval_splits.items()
-    }
+    steps = config_steps(config, model, optimizer.tx, devices, spec)
+    data.place(plan.eval_batch_size, devices, step)
     measure = None
     if plan.diagnostics_every:
+      train_data = data.resident_train()
       measure = diagnostics.Measure(
-        config, model, optimizer.grad_transform, spec, dtype, devices, state, train_images.shape[1:]
+        config, model, optimizer.grad_transform, spec, dtype, devices, state, data.image_shape
       )
     r_state = ip.replicate(state, devices)
     watch, stopping, window, first_step = Stopwatch(), False, DispatchWindow(), step
@@ -100,11 +96,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             row = measure(r_state, train_data, step, plan.steps_per_epoch)
             writer.write(row, diagnostics.scalars(row))
         n = plan.dispatch_size(step)
-        idx = ip.dispatch_indices(
-          config.seed, step, n, len(train_images), config.batch_size, len(devices)
-        )
+        args = data.train_args(step, n)
         watch.before_dispatch(n, r_state)
-        r_state, metrics = steps.train(r_state, *train_data, ip.shard(idx, devices))
+        r_state, metrics = steps.train(r_state, *args)
         rate = watch.after_dispatch(n, n * config.batch_size, metrics)
         if rate is not None and host0:  # the first timed dispatch: how long the run takes
           say(forecast_line(plan, step + n, first_step, rate, devices[0].platform))
@@ -116,7 +110,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
           pbar.set_postfix(loss=train_metrics.flush())
         if plan.evaluates_after(step):
           with watch.paused(r_state):
-            row = evaluation_row(steps, r_state, eval_data, train_metrics, step, plan, optimizer)
+            row = evaluation_row(steps, r_state, data, train_metrics, step, plan, optimizer)
             row["images_per_second"] = watch.rate()
             writer.write(row, eval_scalars(row))
             if host0:
@@ -164,42 +158,13 @@ def finish(signal_name, step: int, plan: RunPlan, workdir: str, seconds: float, 
   return state
 
 
-EVAL_SPLITS = {"eval": "eval_split", "validation": "validation_split"}  # row prefix: config field
-
-
 def eval_scalars(row: dict) -> dict[str, float]:
   scalars = {"perf/images_per_second": row["images_per_second"] or 0.0}
-  for name in EVAL_SPLITS:
+  for name in inputs.EVAL_SPLITS:
     if f"{name}_loss" in row:
       scalars[f"{name}/loss"] = row[f"{name}_loss"]
       scalars[f"{name}/accuracy"] = row[f"{name}_accuracy"]
   return scalars
-
-
-def load_data(config: ml_collections.ConfigDict):
-  """The train split and the evaluated splits (``{"eval": ..., "validation": ...}``, the
-  latter if configured) as uint8 host arrays; a bad split names its config field, and a
-  validation split that shares examples with the train split is refused."""
-
-  def load(field):
-    try:
-      return datasets.load_split(config.dataset, config[field], config.data_dir)
-    except datasets.SplitError as e:  # a bad or empty split spec; a data problem is a DataError
-      raise ConfigError(f"--config.{field}={config[field]}: {e}") from None
-
-  train = load("train_split")
-  evals = {name: load(field) for name, field in EVAL_SPLITS.items() if config[field]}
-  if config.validation_split:  # both specs are valid: they loaded
-    shared = datasets.shared_examples(
-      config.dataset, config.train_split, config.validation_split, config.data_dir
-    )
-    if shared:
-      raise ConfigError(
-        f"--config.validation_split={config.validation_split} shares {shared} examples with "
-        f"--config.train_split={config.train_split}; choose a validation slice outside it, "
-        "e.g. train[:4096] with train[-2000:]"
-      )
-  return train, evals
 
 
 class TrainMetrics:
@@ -255,7 +220,7 @@ class TrainMetrics:
 def evaluation_row(
   steps: Steps,
   r_state,
-  eval_data,
+  data: inputs.ResidentInputs | inputs.StreamedInputs,
   train_metrics: TrainMetrics,
   step: int,
   plan: RunPlan,
@@ -264,8 +229,8 @@ def evaluation_row(
   """The metrics.jsonl line of an evaluation: ``eval_loss``, ``eval_accuracy`` and those of
   the other evaluated splits (``validation_*``); the loop adds ``images_per_second``."""
   row = {"step": step, "epoch": step / plan.steps_per_epoch, **train_metrics.take()}
-  for name, data in eval_data.items():
-    sums = steps.evaluate(r_state, *data)
+  for name in data.eval_sizes():
+    sums = steps.evaluate(r_state, data.eval_batches(name))
     row[f"{name}_loss"] = sums["loss"] / sums["count"]
     row[f"{name}_accuracy"] = sums["correct"] / sums["count"]
   row["learning_rate"] = float(optimizer.schedule(step - 1))
@@ -389,10 +354,12 @@ def say(*args) -> None:
   sys.stdout.flush()
 
 
-def describe(config, plan: RunPlan, n_train: int, eval_splits, n_devices: int, workdir) -> str:
-  evaluated = " / ".join(f"{len(labels)} {name}" for name, (_, labels) in eval_splits.items())
+def describe(config, plan: RunPlan, data, n_devices: int, workdir) -> str:
+  evaluated = " / ".join(f"{n} {name}" for name, n in data.eval_sizes().items())
+  streamed = "" if config.input in (None, "resident") else ", streamed"
   return (
-    f"{config.model} on {config.dataset}: {n_train} train / {evaluated} examples; "
+    f"{config.model} on {config.dataset}{streamed}: {data.num_train} train / {evaluated} "
+    "examples; "
     f"{n_devices} device(s) x {config.batch_size // n_devices} = batch {config.batch_size}; "
     f"{plan.total_steps} steps ({count(plan.total_steps / plan.steps_per_epoch, 'epoch')}, "
     f"{plan.steps_per_dispatch} per dispatch); {config.optimizer} lr {config.learning_rate:g} "

@@ -44,9 +44,18 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   Raises:
     ConfigError: with a one-line message naming the bad field and the valid values or the fix.
   """
-  one_of("dataset", config.dataset, tuple(datasets.DATASETS))
+  one_of("input", config.input or "resident", ("resident", "stream"))
+  if config.input != "stream":  # a streamed dataset's classes and statistics come from it
+    one_of("dataset", config.dataset, tuple(datasets.DATASETS))
   one_of("dtype", config.dtype, tuple(DTYPES))
-  create_model(config, datasets.DATASETS[config.dataset].num_classes)
+  create_model(config, 10)  # the model and its widths
+  if config.input == "stream" and config.diagnostics_every_steps:
+    raise ConfigError(
+      "--config.diagnostics_every_steps needs the device-resident input path; set it to 0 "
+      "with --config.input=stream"
+    )
+  if config.image_size is not None and config.image_size < 8:
+    raise ConfigError(f"image_size={config.image_size}: use at least 8 (or None: the data's)")
   create_optimizer(config, max(1, config.num_train_steps))
   for field in ("batch_size", "eval_batch_size"):
     bs = config[field]

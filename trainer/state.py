@@ -30,12 +30,13 @@ class TrainState(struct.PyTreeNode):
   opt_state: Any
 
 
-def create_model(config: ml_collections.ConfigDict, num_classes: int):
+def create_model(config: ml_collections.ConfigDict, num_classes: int, image_size: int = 32):
   """The flax module named by `config.model`, with BatchNorm synchronized over AXIS_NAME.
 
-  Every dataset here has 32x32 images, so the ImageNet-style models (resnet18..152) get the
-  CIFAR stem (3x3/1 convolution, no max-pool) instead of their 7x7/2 convolution and pool,
-  which would leave an 8x8 map for the first stage.
+  Images of at most 64 pixels (CIFAR's 32x32) get the CIFAR stem (3x3/1 convolution, no
+  max-pool), also in the ImageNet-style models (resnet18..152), whose 7x7/2 convolution and
+  pool would leave an 8x8 map for the first stage; larger images (ImageNet's 224) get that
+  ImageNet stem.
   """
   if config.model not in models.MODEL_NAMES:
     raise ConfigError(
@@ -49,7 +50,7 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int):
       axis_name=AXIS_NAME,
       bn_momentum=config.bn_momentum,
       dtype=DTYPES[config.dtype],
-      stem="cifar",
+      stem="cifar" if image_size <= 64 else "imagenet",
       **kwargs,
     )
   except ValueError as e:  # a bad width or momentum: the message names the field

@@ -169,16 +169,18 @@ class Steps:
 
   ``train(state, images, labels, indices) -> (state, metrics)`` with the resident split
   ``[devices, N, ...]`` and ``indices`` ``int32[devices, K, per_device]`` (any K; each K
-  compiles once; the state is donated); ``evaluate(state, images, labels, mask) -> sums`` over
-  the whole resident eval split, one dispatch per batch (a loop on the device would be slow on
-  CPU, see `train_steps`), summed on the host in float64.
+  compiles once; the state is donated); ``evaluate(state, batches) -> sums`` over the
+  ``(images, labels, mask, b)`` arguments of `eval_step` (batch ``b`` of an eval split on the
+  devices, ``[devices, batches, per_device, ...]``: the whole resident split, or one streamed
+  batch with ``b = 0``), one dispatch per batch (a loop on the device would be slow on CPU, see
+  `train_steps`), summed on the host in float64.
   """
 
   train: Callable
   eval_step: Callable
 
-  def evaluate(self, state, images, labels, mask) -> dict[str, float]:
-    per_batch = [self.eval_step(state, images, labels, mask, b) for b in range(images.shape[1])]
+  def evaluate(self, state, batches) -> dict[str, float]:
+    per_batch = [self.eval_step(state, *args) for args in batches]
     sums = {"loss": 0.0, "correct": 0.0, "count": 0.0}
     for batch_sums in ip.unreplicate(per_batch):
       for key in sums:
@@ -217,15 +219,19 @@ def make_steps(
   return Steps(train=train, eval_step=eval_fn)
 
 
-def config_steps(config, model, tx: optax.GradientTransformation, devices, unroll=None) -> Steps:
-  """`make_steps` with the dataset, seed, dtype and augmentation of ``config``."""
+def config_steps(
+  config, model, tx: optax.GradientTransformation, devices, spec=None, unroll=None
+) -> Steps:
+  """`make_steps` with the dataset (``spec``: CIFAR's from `DATASETS` if None), seed, dtype
+  and augmentation of ``config``; a streamed run's augmentation happens on the host, none on
+  the devices."""
   return make_steps(
     model,
     tx,
-    DATASETS[config.dataset],
+    spec or DATASETS[config.dataset],
     seed=config.seed,
     dtype=DTYPES[config.dtype],
-    augment=config.augment,
+    augment=config.augment and config.input in (None, "resident"),
     devices=devices,
     unroll=unroll,
   )

@@ -44,6 +44,7 @@ RESUMABLE_CHANGES = frozenset(
     "eval_batch_size",
     "num_devices",
     "steps_per_dispatch",
+    "loader_workers",
   }
 )
 
