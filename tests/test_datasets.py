@@ -323,3 +323,21 @@ def test_an_absent_dataset_is_downloaded_and_prepared_without_tensorflow(
   np.testing.assert_array_equal(images, want[0])
   np.testing.assert_array_equal(labels, want[1])
   assert (tmp_path / "downloads" / path.name).is_file()  # kept: a second preparation reuses it
+
+
+def test_a_corrupt_image_is_a_data_error_naming_the_example(prepared, tmp_path):
+  """The PNG bytes inside a TFRecord record overwritten: the record's framing and proto still
+  parse, the image does not decode."""
+  copy = tmp_path / "tfrecord"
+  shutil.copytree(prepared["copies"]["tfrecord"], copy)
+  path = next((copy / "cifar10" / "3.0.2").glob("cifar10-test.tfrecord-*"))
+  data = bytearray(path.read_bytes())
+  (offset, length), *_ = datasets.tfrecord_index(path)
+  start = data.index(b"IDAT", offset, offset + length) + 4  # the PNG's pixel data
+  data[start : start + 40] = b"\xff" * 40
+  path.write_bytes(bytes(data))
+  with pytest.raises(DataError) as info:
+    datasets.load_split("cifar10", "test", str(copy), download=False)
+  message = str(info.value)
+  assert message.startswith("cannot read example 0 of split test of 'cifar10' in ")
+  assert str(copy) in message and "\n" not in message

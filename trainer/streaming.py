@@ -28,6 +28,7 @@ from collections.abc import Iterator
 
 import grain
 import numpy as np
+from absl import flags
 from PIL import Image
 
 from trainer import input_pipeline as ip
@@ -169,5 +170,7 @@ def _iterate(dataset: grain.MapDataset, workers: int):
   one), a few batches ahead."""
   stream = dataset.to_iter_dataset(grain.ReadOptions(num_threads=4, prefetch_buffer_size=8))
   if workers > 0:
+    if not flags.FLAGS.is_parsed():  # Grain's workers read its absl flags (outside train.py)
+      flags.FLAGS.mark_as_parsed()
     stream = stream.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
   return iter(stream)
