@@ -4,6 +4,8 @@ batch, a resumed stream seeing the uninterrupted batches, worker processes chang
 the preprocessing against PIL, kill-and-resume mid-epoch ending as the uninterrupted run, an
 ImageNet-shaped run through train.py, and bad input as one line."""
 
+import json
+import math
 import shutil
 import subprocess
 import sys
@@ -14,6 +16,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from benchmarks import input_pipeline
 from configs import imagenet
 from tests.helpers import MOCK_CLI, ROOT, flat_state, subprocess_env
 from trainer import checkpoints, datasets, streaming
@@ -215,3 +218,17 @@ def test_train_py_trains_an_imagenet_shaped_stream_end_to_end(tmp_path):
   rows = read_metrics(tmp_path)
   assert [r["step"] for r in rows] == [2, 4]
   assert all(np.isfinite(r["eval_loss"]) for r in rows)
+
+
+def test_the_input_pipeline_benchmark_times_a_generated_jpeg_copy(tmp_path, capsys):
+  """A smoke run of benchmarks/input_pipeline.py: the copy is written and read back through
+  `datasets.open_split` (a dataset tfds does not know), every figure is positive."""
+  out = input_pipeline.main(
+    ["--images", "224", "--batch", "16", "--image_size", "64", "--workers", "0"]
+    + ["--feed", "500", "--json", str(tmp_path / "p.json")]
+  )
+  assert json.loads((tmp_path / "p.json").read_text()) == json.loads(json.dumps(out))
+  (result,) = out["results"]
+  assert result["images_per_second"] > 0 and result["per_cpu_second"] > 0
+  assert out["cores_to_feed"] == {500: math.ceil(500 / result["per_cpu_second"])}
+  assert "images per CPU-second" in capsys.readouterr().out
