@@ -11,7 +11,11 @@ Steps, in order (`steps`):
 2. ``train_throughput``: `benchmarks.train_throughput` (the bare step against train.py);
 3. ``transform_overhead``: `benchmarks.transform_overhead` (the optimizer update with each
    transform against Adam alone, and the whole train step);
-4. ``study``: `experiments.tuned_lr` with its accelerator preset ``tuned_gpu`` (resumable: a
+4. ``input_pipeline``: `benchmarks.input_pipeline` (the streamed pipeline alone at ImageNet
+   sizes, on the host's cores), keeping its generated JPEG copy;
+5. ``imagenet_step``: ``train.py --config=configs/imagenet.py`` on that copy, 40 steps
+   (ResNet-50 at 224, the streamed path end to end; its metrics lines are collected);
+6. ``study``: `experiments.tuned_lr` with its accelerator preset ``tuned_gpu`` (resumable: a
    run cut off by the time limit is saved and goes on the next time with the same ``--out``).
 
 Each step gets a share of the time left (`SHARES`); it is stopped with SIGTERM at its limit
@@ -44,12 +48,35 @@ LIBRARY_TESTS = (
   "tests/test_properties.py",
   "tests/test_distributed.py",
 )
-SHARES = {"library_tests": 1.0, "train_throughput": 1.0, "transform_overhead": 1.0, "study": 3.0}
+SHARES = {
+  "library_tests": 1.0,
+  "train_throughput": 1.0,
+  "transform_overhead": 1.0,
+  "input_pipeline": 0.5,
+  "imagenet_step": 1.0,
+  "study": 3.0,
+}
 MINIMUM_SECONDS = {
   "library_tests": 30,
   "train_throughput": 30,
   "transform_overhead": 20,
+  "input_pipeline": 20,
+  "imagenet_step": 45,
   "study": 45,
+}
+# imagenet_step: ResNet-50 at batch 256 (the devices' share of flax's 1024 on one host is not
+# assumed), an evaluation after 20 steps; the smoke run: a ResNet-18 of small widths at 64.
+IMAGENET = {"batch_size": 256, "num_train_steps": 40, "eval_every_steps": 20}
+IMAGENET_SMOKE = {
+  "model": "resnet18",
+  "model_widths": "(4,8,8,16)",
+  "image_size": 64,
+  "batch_size": 16,
+  "num_train_steps": 4,
+  "eval_every_steps": 2,
+  "dtype": "float32",
+  "steps_per_dispatch": 1,
+  "loader_workers": 0,
 }
 GRACE_SECONDS = 20  # between SIGTERM and SIGKILL: the study saves a checkpoint in that time
 
@@ -88,6 +115,21 @@ def steps(out: Path, data_dir: str | None, smoke: bool) -> list[Step]:
       [python, "-m", "benchmarks.transform_overhead", "--json", str(out / "overhead.json")]
       + (overhead if smoke else []),
       {"json": str(out / "overhead.json")},
+    ),
+    Step(
+      "input_pipeline",
+      [python, "-m", "benchmarks.input_pipeline", "--keep", str(out / "imagenet_data")]
+      + ["--json", str(out / "input_pipeline.json")]
+      + (["--images", "224", "--batch", "16", "--workers", "0"] if smoke else []),
+      {"json": str(out / "input_pipeline.json")},
+    ),
+    Step(
+      "imagenet_step",  # train.py with configs/imagenet.py on the generated copy
+      [python, "train.py", f"--workdir={out / 'imagenet_run'}", "--config=configs/imagenet.py"]
+      + ["--config.dataset=generated_images", f"--config.data_dir={out / 'imagenet_data'}"]
+      + ["--config.eval_split=train[:128]"]
+      + [f"--config.{k}={v}" for k, v in (IMAGENET_SMOKE if smoke else IMAGENET).items()],
+      {"records": str(out / "imagenet_run" / "metrics.jsonl")},
     ),
     Step(
       "study",
@@ -191,12 +233,24 @@ def _figures(record: dict) -> str:
     j = results["junit"]
     passed = j["tests"] - j["failures"] - j["errors"] - j["skipped"]
     return f"{passed} passed, {j['failures'] + j['errors']} failed, {j['skipped']} skipped"
-  if results.get("records") is not None:
-    runs = results["records"]
-    return f"{len(runs)} run(s) recorded: " + ", ".join(
-      f"{r['model']} {r['method']} seed {r['seed']} {100 * r['final_accuracy']:.1f}%" for r in runs
+  rows = results.get("records")
+  if rows and "method" not in rows[0]:  # imagenet_step: train.py's metrics lines
+    last = rows[-1]
+    rate = last.get("images_per_second")
+    return f"step {last['step']}: eval loss {last['eval_loss']:.3f}" + (
+      f", {rate:.0f} img/s" if rate else ""
+    )
+  if rows is not None:
+    return f"{len(rows)} run(s) recorded: " + ", ".join(
+      f"{r['model']} {r['method']} seed {r['seed']} {100 * r['final_accuracy']:.1f}%" for r in rows
     )
   data = results.get("json")
+  if data and "cores_to_feed" in data:  # input_pipeline
+    return "; ".join(
+      f"{r['workers']} workers: {r['images_per_second']:.0f} img/s, "
+      f"{r['per_cpu_second']:.0f} per CPU-second"
+      for r in data["results"]
+    )
   if data and "results" in data:  # train_throughput
     return "; ".join(
       f"K={r['steps_per_dispatch']}: bare {r['bare']:.0f} img/s, train.py {r['train_py']:.0f}"

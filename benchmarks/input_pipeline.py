@@ -10,6 +10,11 @@ by Grain's threads). Run from the project root:
 
   python -m benchmarks.input_pipeline [--images 768] [--workers 0,1,2] [--json out.json]
 
+``--keep DIR`` keeps the copy (tfds dataset ``generated_images`` in data dir DIR), which
+``train.py --config=configs/imagenet.py --config.dataset=generated_images
+--config.data_dir=DIR --config.eval_split='train[:128]'`` trains on (the accelerator check's
+``imagenet_step``).
+
 Per core: images per CPU-second, the CPU time of this process and its workers (user + system,
 psutil) over the timed batches; "cores busy" is that CPU time per second. ``--feed R,...``: the
 cores that feed a train step of R images/s at the best per-core rate measured (R is yours: the
@@ -118,6 +123,9 @@ def main(argv=None) -> dict:
   parser.add_argument("--workers", default="0,1,2", help="comma-separated worker counts")
   parser.add_argument("--feed", default="1000,3000", help="train-step rates (images/s) to feed")
   parser.add_argument("--json", default=None, help="also write the figures here")
+  parser.add_argument(
+    "--keep", default=None, help="write the generated copy into this data dir and keep it"
+  )
   args = parser.parse_args(argv)
   cores = os.cpu_count() or 1
   batches = args.images // args.batch - WARMUP
@@ -125,7 +133,8 @@ def main(argv=None) -> dict:
     raise SystemExit(
       f"error: --images {args.images} is too few: use at least {(WARMUP + 4) * args.batch}"
     )
-  with tempfile.TemporaryDirectory() as data_dir:
+  with tempfile.TemporaryDirectory() as scratch:
+    data_dir = args.keep or scratch
     write_copy(data_dir, args.images)
     source = datasets.open_split(NAME, "train", data_dir, download=False)  # as train.py does
     results = [
