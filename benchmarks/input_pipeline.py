@@ -97,7 +97,7 @@ def time_stream(source, *, batch: int, image_size: int, workers: int, batches: i
   """Images/s and images per CPU-second over ``batches`` batches, timed from the moment the
   first `WARMUP` batches are out (start-up and the filled prefetch buffer excluded)."""
   stream = streaming.TrainStream(
-    source, seed=0, global_batch=batch, image_size=image_size, augment=True, workers=workers
+    source=source, seed=0, global_batch=batch, image_size=image_size, augment=True, workers=workers
   )
   iterator = stream.batches(0, WARMUP + batches)
   for _ in range(WARMUP):

@@ -31,12 +31,12 @@ N = 64  # examples per split under mock_data
 @pytest.fixture(scope="module")
 def source():
   with tfds.testing.mock_data(num_examples=N):
-    yield datasets.open_split("cifar10", "train")
+    return datasets.open_split("cifar10", "train")  # reads without the mock too
 
 
 def stream(source, **kwargs):
   args = dict(seed=3, global_batch=16, image_size=32, augment=False)
-  return streaming.TrainStream(source, **{**args, **kwargs})
+  return streaming.TrainStream(source=source, **{**args, **kwargs})
 
 
 def test_the_stream_yields_each_example_once_per_epoch_in_the_seed_epoch_order(source):
@@ -97,7 +97,9 @@ def test_the_eval_stream_counts_every_example_once(source):
   for process_count in (1, 2):
     rows = []
     for p in range(process_count):
-      e = streaming.EvalStream(source, 24, 32, process_index=p, process_count=process_count)
+      e = streaming.EvalStream(
+        source=source, global_batch=24, image_size=32, process_index=p, process_count=process_count
+      )
       rows.append(list(e.batches()))
     labels = np.concatenate(
       [np.concatenate([rows[p][b][1] for p in range(process_count)]) for b in range(3)]

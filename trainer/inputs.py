@@ -183,8 +183,17 @@ def load(config: ml_collections.ConfigDict, total_steps_of) -> ResidentInputs | 
     workers=_workers(config),
   )
   return StreamedInputs(
-    streaming.TrainStream(train, config.seed, config.batch_size, augment=config.augment, **common),
-    {name: streaming.EvalStream(s, config.batch_size, **common) for name, s in evals.items()},
+    streaming.TrainStream(
+      source=train,
+      seed=config.seed,
+      global_batch=config.batch_size,
+      augment=config.augment,
+      **common,
+    ),
+    {
+      name: streaming.EvalStream(source=s, global_batch=config.batch_size, **common)
+      for name, s in evals.items()
+    },
     dataset_spec(config, train, size),
     total_steps_of(len(train)),
   )

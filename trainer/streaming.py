@@ -79,20 +79,14 @@ def random_resized_crop(image: np.ndarray, size: int, rng: np.random.Generator) 
   return out[:, ::-1] if rng.random() < 0.5 else out
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainStream:
-  """The training stream of one process (picklable: Grain's workers get a copy).
-
-  ``batches(start_step, end_step)`` yields ``(images uint8[local_batch, size, size, C],
-  labels int32[local_batch])`` for each step from ``start_step``, this process's rows of each
-  global batch (see the module docstring).
-  """
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _ProcessRows:
+  """A split read as this process's rows of each global batch (picklable: Grain's workers get
+  a copy)."""
 
   source: SplitSource
-  seed: int
   global_batch: int
   image_size: int
-  augment: bool
   process_index: int = 0
   process_count: int = 1
   workers: int = 0
@@ -101,23 +95,38 @@ class TrainStream:
   def local_batch(self) -> int:
     return self.global_batch // self.process_count
 
+  def global_row(self, row: int) -> int:
+    """The row of the global batch that is this process's ``row``."""
+    return self.process_index * self.local_batch + row
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainStream(_ProcessRows):
+  """The training stream of one process.
+
+  ``batches(start_step, end_step)`` yields ``(images uint8[local_batch, size, size, C],
+  labels int32[local_batch])`` for each step from ``start_step``, this process's rows of each
+  global batch (see the module docstring).
+  """
+
+  seed: int
+  augment: bool
+
   @property
   def steps_per_epoch(self) -> int:
     return len(self.source) // self.global_batch
 
   def example_index(self, step: int, row: int) -> int:
     """The split index of this process's row ``row`` of the global batch of ``step``."""
-    global_row = self.process_index * self.local_batch + row
     batch = ip.train_batch_indices(self.seed, step, len(self.source), self.global_batch)
-    return int(batch[global_row])
+    return int(batch[self.global_row(row)])
 
   def example(self, position: int) -> tuple[np.ndarray, int]:
     """The preprocessed example at ``position`` = step * local_batch + row of this process."""
     step, row = divmod(int(position), self.local_batch)
     image, label = self.source[self.example_index(step, row)]
     if self.augment:
-      global_row = self.process_index * self.local_batch + row
-      rng = np.random.default_rng([self.seed, step, global_row])
+      rng = np.random.default_rng([self.seed, step, self.global_row(row)])
       image = random_resized_crop(image, self.image_size, rng)
     else:
       image = center_crop(image, self.image_size)
@@ -130,28 +139,17 @@ class TrainStream:
       yield images, labels.astype(np.int32)
 
 
-@dataclasses.dataclass(frozen=True)
-class EvalStream:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EvalStream(_ProcessRows):
   """An evaluated split, streamed: this process's rows of each global batch, padded to whole
   batches; ``batches()`` yields ``(images, labels, mask)`` (mask 0 on the padding)."""
-
-  source: SplitSource
-  global_batch: int
-  image_size: int
-  process_index: int = 0
-  process_count: int = 1
-  workers: int = 0
-
-  @property
-  def local_batch(self) -> int:
-    return self.global_batch // self.process_count
 
   def __len__(self) -> int:
     return len(self.source)
 
   def example(self, position: int):
     batch, row = divmod(int(position), self.local_batch)
-    index = batch * self.global_batch + self.process_index * self.local_batch + row
+    index = batch * self.global_batch + self.global_row(row)
     if index >= len(self.source):  # padding
       return np.zeros((self.image_size, self.image_size, 3), np.uint8), 0, 0.0
     image, label = self.source[index]
