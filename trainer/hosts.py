@@ -154,7 +154,7 @@ def supervise(workdir: str, show: bool) -> int:
   progress_read, progress_write = os.pipe()
   err_read, err_write = os.pipe()
   child = subprocess.Popen(
-    sys.orig_argv,
+    [sys.executable, *sys.orig_argv[1:]],  # this interpreter, its options and arguments
     env={**os.environ, CHILD: str(progress_write)},
     pass_fds=(progress_write,),
     stderr=err_write,
@@ -167,7 +167,8 @@ def supervise(workdir: str, show: bool) -> int:
     signal.signal(sig, lambda signum, frame: child.send_signal(signum))
   stderr, reported = _Stderr(err_read), _Progress(progress_read)
   status = child.wait()
-  stderr.thread.join()
+  # The child's own children (Grain's workers) may hold its stderr a while after it died.
+  stderr.thread.join(timeout=10)
   reported.thread.join(timeout=5)
   held = bytes(stderr.held)
   if status >= 0 or not _COORDINATION.search(held):  # not a lost process: as it ended
