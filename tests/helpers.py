@@ -95,11 +95,11 @@ def tiny_config(**overrides):
   return config
 
 
-def initial_state(config, total_steps):
-  """The step-0 state of ``config`` (CIFAR-shaped, 10 classes)."""
-  model = state_lib.create_model(config, 10)
+def initial_state(config, total_steps, num_classes=10, image_shape=(32, 32, 3)):
+  """The step-0 state of ``config`` (by default CIFAR-shaped, 10 classes)."""
+  model = state_lib.create_model(config, num_classes, image_shape[0])
   tx = optimizers.create_optimizer(config, total_steps).tx
-  return state_lib.create_train_state(config, model, tx, (32, 32, 3))
+  return state_lib.create_train_state(config, model, tx, image_shape)
 
 
 def flat_state(state) -> dict:
