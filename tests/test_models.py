@@ -322,29 +322,36 @@ def test_overlap_matches_analytic_toy_block():
     np.testing.assert_allclose(split[key], value, rtol=1e-5, err_msg=key)
 
 
-def test_overlap_sum_rule_on_resnet20(resnet20, images, labels):
-  model, variables = resnet20
-  grads = jax.jit(partial(block_input_grads, model))(variables, images, labels)
-  names = block_names(model, variables, images)
-  assert names == tuple(f"stage{s}_block{b}" for s in (1, 2, 3) for b in range(3))
-  assert sorted(grads) == sorted(names)
+def test_overlap_sum_rule_on_resnet20(images, labels):
+  """skip + branch = dL/dx at every block input, an identity of the chain rule: checked in
+  float64, where rounding cannot hide a wrong split. (In float32 the two computations differ
+  by rounding that BatchNorm over 4 images amplifies: 1e-6 relative with jax 0.10's weights,
+  7e-3 with those jax 0.12's rbg key draws; float64: 2e-15 with either.)"""
+  with jax.enable_x64(True):
+    model = create_model("resnet20", 10, dtype=jnp.float64, param_dtype=jnp.float64)
+    images = images.astype(jnp.float64)
+    variables = _init(model, images)
+    grads = jax.jit(partial(block_input_grads, model))(variables, images, labels)
+    names = block_names(model, variables, images)
+    assert names == tuple(f"stage{s}_block{b}" for s in (1, 2, 3) for b in range(3))
+    assert sorted(grads) == sorted(names)
 
-  # Independent dL/dx: add a zero `delta` to every block's input with a method interceptor.
-  def add_delta(deltas, next_fun, args, kwargs, context):
-    if context.method_name == "__call__" and context.module.name in deltas:
-      args = (args[0] + deltas[context.module.name], *args[1:])
-    return next_fun(*args, **kwargs)
+    # Independent dL/dx: add a zero `delta` to every block's input with a method interceptor.
+    def add_delta(deltas, next_fun, args, kwargs, context):
+      if context.method_name == "__call__" and context.module.name in deltas:
+        args = (args[0] + deltas[context.module.name], *args[1:])
+      return next_fun(*args, **kwargs)
 
-  def loss(deltas):
-    with nn.intercept_methods(partial(add_delta, deltas)):
-      logits, _ = model.apply(variables, images, train=True, mutable=["batch_stats"])
-    return softmax_cross_entropy(logits, labels)
+    def loss(deltas):
+      with nn.intercept_methods(partial(add_delta, deltas)):
+        logits, _ = model.apply(variables, images, train=True, mutable=["batch_stats"])
+      return softmax_cross_entropy(logits, labels)
 
-  dx = jax.jit(jax.grad(loss))({n: jnp.zeros_like(g["skip"]) for n, g in grads.items()})
+    dx = jax.jit(jax.grad(loss))({n: jnp.zeros_like(g["skip"]) for n, g in grads.items()})
   for name in names:
     total = grads[name]["skip"] + grads[name]["branch"]
-    assert float(jnp.abs(grads[name]["branch"]).max()) > 0, name
-    np.testing.assert_allclose(total, dx[name], rtol=1e-4, atol=1e-7, err_msg=name)
+    assert total.dtype == jnp.float64 and float(jnp.abs(grads[name]["branch"]).max()) > 0, name
+    np.testing.assert_allclose(total, dx[name], rtol=1e-9, atol=1e-15, err_msg=name)
   # Option A's skip path subsamples with stride 2: it sends no gradient to odd pixels.
   np.testing.assert_array_equal(grads["stage2_block0"]["skip"][:, 1::2], 0.0)
   assert float(jnp.abs(grads["stage2_block0"]["skip"][:, ::2, ::2]).max()) > 0
