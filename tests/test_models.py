@@ -348,10 +348,10 @@ def test_overlap_sum_rule_on_resnet20(images, labels):
       return softmax_cross_entropy(logits, labels)
 
     dx = jax.jit(jax.grad(loss))({n: jnp.zeros_like(g["skip"]) for n, g in grads.items()})
-  for name in names:
-    total = grads[name]["skip"] + grads[name]["branch"]
-    assert total.dtype == jnp.float64 and float(jnp.abs(grads[name]["branch"]).max()) > 0, name
-    np.testing.assert_allclose(total, dx[name], rtol=1e-9, atol=1e-15, err_msg=name)
+    for name in names:
+      total = grads[name]["skip"] + grads[name]["branch"]
+      assert total.dtype == jnp.float64 and float(jnp.abs(grads[name]["branch"]).max()) > 0, name
+      np.testing.assert_allclose(total, dx[name], rtol=1e-9, atol=1e-15, err_msg=name)
   # Option A's skip path subsamples with stride 2: it sends no gradient to odd pixels.
   np.testing.assert_array_equal(grads["stage2_block0"]["skip"][:, 1::2], 0.0)
   assert float(jnp.abs(grads["stage2_block0"]["skip"][:, ::2, ::2]).max()) > 0
