@@ -253,10 +253,12 @@ def test_a_validation_split_that_overlaps_the_train_split_is_refused(
 ):
   config = tiny_config(train_split=train_split, validation_split=validation_split)
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-    assert datasets.shared_examples("cifar10", train_split, validation_split) == shared
+    train, validation = (datasets.open_split("cifar10", s) for s in (train_split, validation_split))
+    assert train.shared_with(validation) == validation.shared_with(train) == shared
     with pytest.raises(ValueError, match=f"shares {shared} examples with --config.train_split"):
       train_and_evaluate(config, str(tmp_path))
-    assert datasets.shared_examples("cifar10", "train[:48]", "train[-16:]") == 0
+    disjoint = (datasets.open_split("cifar10", s) for s in ("train[:48]", "train[-16:]"))
+    assert next(disjoint).shared_with(next(disjoint)) == 0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -322,19 +322,6 @@ def _resolve(name: str, split: str, data_dir: str | None, download: bool):
   return sources, split_ranges(split, {s: len(src) for s, src in sources.items()})
 
 
-def shared_examples(
-  name: str, split_a: str, split_b: str, data_dir: str | None = None, *, download: bool = True
-) -> int:
-  """How many examples the two split specs have in common (0: disjoint)."""
-  ranges_a, ranges_b = (_resolve(name, s, data_dir, download)[1] for s in (split_a, split_b))
-  return sum(
-    max(0, min(stop_a, stop_b) - max(start_a, start_b))
-    for name_a, start_a, stop_a in ranges_a
-    for name_b, start_b, stop_b in ranges_b
-    if name_a == name_b
-  )
-
-
 class SplitSource:
   """A split spec (``train[:45000]``, ``train[:3]+test``, ...) of a tfds copy as one
   random-access sequence of ``(image uint8[H, W, C], label)``, in the spec's order; picklable
@@ -348,14 +335,28 @@ class SplitSource:
   def __len__(self) -> int:
     return int(self._ends[-1]) if len(self._ends) else 0
 
-  def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+  def record(self, index: int) -> dict:
+    """The decoded tfds example at ``index`` of the spec (all its features)."""
     part = int(np.searchsorted(self._ends, index, side="right"))
     split_name, start, _ = self._ranges[part]
     offset = index - (int(self._ends[part - 1]) if part else 0)
     where = f"split {split_name} of {self.name!r} in {self.where}"
-    record = read_example(self._sources[split_name], start + offset, where)
+    return read_example(self._sources[split_name], start + offset, where)
+
+  def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+    record = self.record(index)
     image = np.asarray(record["image"], np.uint8)
     return (image[..., None] if image.ndim == 2 else image), int(record["label"])
+
+  def shared_with(self, other: SplitSource) -> int:
+    """How many examples this spec and ``other`` (of the same copy) have in common (0:
+    disjoint)."""
+    return sum(
+      max(0, min(stop_a, stop_b) - max(start_a, start_b))
+      for name_a, start_a, stop_a in self._ranges
+      for name_b, start_b, stop_b in other._ranges
+      if name_a == name_b
+    )
 
 
 def open_split(
@@ -374,10 +375,8 @@ def open_split(
   source = SplitSource(name, sources, ranges, _where(data_dir))
   if not len(source):
     raise SplitError(f"split {split!r} of {name} is empty")
-  split_name, start, _ = ranges[0]
-  where = f"split {split_name} of {name!r} in {source.where}"
   with _quiet_absl():  # "OpenCV is not installed ... Defaulting to PIL"
-    first = read_example(sources[split_name], start, where)
+    first = source.record(0)
   missing = [f for f in ("image", "label") if f not in first]
   if missing:
     raise DataError(

@@ -22,6 +22,7 @@ from trainer import datasets, streaming
 from trainer import input_pipeline as ip
 from trainer.datasets import DATASETS, DatasetSpec
 from trainer.errors import ConfigError
+from trainer.plan import RunPlan
 
 EVAL_SPLITS = {"eval": "eval_split", "validation": "validation_split"}  # row prefix: config field
 SPEC_SAMPLE = 256  # training images whose pixels give a streamed dataset's mean and std
@@ -34,12 +35,10 @@ def _split(config, field: str) -> datasets.SplitSource:
     raise ConfigError(f"--config.{field}={config[field]}: {e}") from None
 
 
-def _check_validation_split(config) -> None:
+def _check_validation_split(config, train: datasets.SplitSource, evals: dict) -> None:
   """A validation split that shares examples with the train split is refused."""
-  if config.validation_split:  # both specs are valid: they opened
-    shared = datasets.shared_examples(
-      config.dataset, config.train_split, config.validation_split, config.data_dir
-    )
+  if "validation" in evals:
+    shared = train.shared_with(evals["validation"])
     if shared:
       raise ConfigError(
         f"--config.validation_split={config.validation_split} shares {shared} examples with "
@@ -72,12 +71,13 @@ class ResidentInputs:
   def eval_sizes(self) -> dict[str, int]:
     return {name: len(labels) for name, (_, labels) in self.evals.items()}
 
-  def place(self, eval_batch_size: int, devices, first_step: int) -> None:
+  def place(self, plan: RunPlan, devices, first_step: int) -> None:
     del first_step  # any step's batch is gathered on the devices
     self._devices = devices
     self._train_on_devices = ip.replicate(self.train, devices)
     self._evals_on_devices = {
-      name: ip.eval_batches(*split, eval_batch_size, devices) for name, split in self.evals.items()
+      name: ip.eval_batches(*split, plan.eval_batch_size, devices)
+      for name, split in self.evals.items()
     }
 
   def resident_train(self) -> tuple:
@@ -103,7 +103,6 @@ class StreamedInputs:
   train_stream: streaming.TrainStream
   eval_streams: dict[str, streaming.EvalStream]
   spec: DatasetSpec
-  total_steps: int
   _devices: list | None = None
   _batches: Iterator | None = None
   _next_step: int = 0
@@ -120,15 +119,15 @@ class StreamedInputs:
   def eval_sizes(self) -> dict[str, int]:
     return {name: len(stream) for name, stream in self.eval_streams.items()}
 
-  def place(self, eval_batch_size: int, devices, first_step: int) -> None:
+  def place(self, plan: RunPlan, devices, first_step: int) -> None:
     """Starts the train stream at ``first_step`` (the checkpoint's step: a resumed run sees
     the uninterrupted run's batches from there on)."""
     self._devices = devices
     self.eval_streams = {
-      name: dataclasses.replace(stream, global_batch=eval_batch_size)
+      name: dataclasses.replace(stream, global_batch=plan.eval_batch_size)
       for name, stream in self.eval_streams.items()
     }
-    self._batches = self.train_stream.batches(first_step, self.total_steps)
+    self._batches = self.train_stream.batches(first_step, plan.total_steps)
     self._next_step = first_step
 
   def train_args(self, step: int, n: int) -> tuple:
@@ -161,12 +160,11 @@ def _workers(config) -> int:
   return min(8, max(1, (os.cpu_count() or 2) // max(1, jax.local_device_count())))
 
 
-def load(config: ml_collections.ConfigDict, total_steps_of) -> ResidentInputs | StreamedInputs:
-  """The inputs of a run as configured (no device placement yet); ``total_steps_of(n_train)``
-  gives the run's step count for a training split of ``n_train`` examples."""
+def load(config: ml_collections.ConfigDict) -> ResidentInputs | StreamedInputs:
+  """The inputs of a run as configured; `place` puts them on the devices."""
   train = _split(config, "train_split")
   evals = {name: _split(config, field) for name, field in EVAL_SPLITS.items() if config[field]}
-  _check_validation_split(config)
+  _check_validation_split(config, train, evals)
   if config.input in (None, "resident"):
     return ResidentInputs(
       datasets.load_source(train),
@@ -195,7 +193,6 @@ def load(config: ml_collections.ConfigDict, total_steps_of) -> ResidentInputs | 
       for name, s in evals.items()
     },
     dataset_spec(config, train, size),
-    total_steps_of(len(train)),
   )
 
 

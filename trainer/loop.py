@@ -58,7 +58,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     saved_steps = checkpoints.saved_steps(workdir)
     for note in workdir_lib.check_config(workdir, config, max(saved_steps, default=0)):
       say(note)
-    data = inputs.load(config, lambda n_train: RunPlan.create(config, n_train).total_steps)
+    data = inputs.load(config)
     spec, plan = data.spec, RunPlan.create(config, data.num_train)
     model = create_model(config, spec.num_classes, data.image_shape[0])
     optimizer = create_optimizer(config, plan.total_steps)
@@ -79,7 +79,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
     dtype = DTYPES[config.dtype]
     steps = config_steps(config, model, optimizer.tx, devices, spec)
-    data.place(plan.eval_batch_size, devices, step)
+    data.place(plan, devices, step)
     measure = None
     if plan.diagnostics_every:
       train_data = data.resident_train()
