@@ -183,12 +183,15 @@ def interval(d: dict) -> str:
   return f"{100 * d['mean']:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"
 
 
+def p_cell(p: float) -> str:
+  """A p-value for a table: three decimals, or ``n/a`` where one seed gives no test."""
+  return "n/a" if math.isnan(p) else f"{p:.3f}"
+
+
 def endpoint_cells(final: dict, per_epoch: dict) -> tuple[str, ...]:
   """The table cells of one comparison on both endpoints: Δ [95% interval], p, p Holm each."""
   return tuple(
-    cell
-    for d in (final, per_epoch)
-    for cell in (interval(d), f"{d['p']:.3f}", f"{d['p_holm']:.3f}")
+    cell for d in (final, per_epoch) for cell in (interval(d), p_cell(d["p"]), p_cell(d["p_holm"]))
   )
 
 

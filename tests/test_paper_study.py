@@ -103,6 +103,15 @@ def test_paired_difference_beyond_and_within_noise():
   assert "clip_by_global_norm +0.33 pp vs adam (within seed noise, n=3)" in md
 
 
+def test_one_seed_gives_no_p_value_and_the_table_says_so():
+  recs = [record(final=0.5), record(method="znorm", final=0.52)]
+  d = report.paired_difference(recs, "resnet20", "znorm", "adam")
+  assert d["n"] == 1 and math.isnan(d["p"])
+  pair = dict(d, p_holm=1.0)
+  cells = report.endpoint_cells(pair, pair)
+  assert cells == ("+2.00", "n/a", "1.000", "+2.00", "n/a", "1.000")
+
+
 def test_identical_differences_count_as_beyond_noise():
   recs = [record(seed=s, final=0.5) for s in range(3)]
   recs += [record(method="znorm", seed=s, final=0.51) for s in range(3)]
