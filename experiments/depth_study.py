@@ -48,6 +48,7 @@ from experiments.study_report import (
   holm,
   interval,
   mean_std,
+  p_cell,
   paired_difference,
   preset_records,
   save_figure,
@@ -209,7 +210,7 @@ def _reading(records, table) -> list[str]:
       if d["method"] != "znorm":
         continue
       claim = f"ZNorm beats {d['baseline']} at {d['model']} on the {label}"
-      out.append(f"- {claim}: {verdict(d)} (Δ {interval(d)} pp, p Holm {d['p_holm']:.3f}).")
+      out.append(f"- {claim}: {verdict(d)} (Δ {interval(d)} pp, p Holm {p_cell(d['p_holm'])}).")
     trend = depth_trend(records, field)
     if trend:
       judged = verdict({"mean": trend["slope"], "ci": trend["ci"], "p": trend["p"]}, "p")

@@ -26,6 +26,7 @@ from experiments.study_report import (
   holm,
   interval,
   mean_std,
+  p_cell,
   paired_difference,
   planned_run,
   plt,
@@ -219,7 +220,7 @@ def _reading(table, preset) -> list[str]:
         judged = "cannot decide yet (not every depth compared)"
       out.append(
         f"- tuned ZNorm beats tuned Adam at {d['model']} on the {label}: {judged} "
-        f"(Δ {interval(d)} pp, n = {d['n']}, p Holm {d['p_holm']:.3f})."
+        f"(Δ {interval(d)} pp, n = {d['n']}, p Holm {p_cell(d['p_holm'])})."
       )
   return out or ["Not enough runs yet."]
 
